@@ -1,0 +1,24 @@
+// The Python module hpsgd_ext._C: build facts and the communicator bindings.
+// The ops themselves are registered with the dispatcher (TORCH_LIBRARY) when
+// this library loads and are reached through torch.ops.hpsgd.
+#include <torch/extension.h>
+
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "hpsgd_ext native library";
+  m.def("built_with_cuda", [] {
+#ifdef HPSGD_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("built_with_nccl", [] {
+#ifdef HPSGD_WITH_NCCL
+    return true;
+#else
+    return false;
+#endif
+  });
+
+}

@@ -1,0 +1,16 @@
+// The hpsgd operator schemas, in one place. Implementations are registered per
+// device (csrc/cpu, csrc/cuda); fake implementations live in hpsgd_ext/ops.py.
+// Ops return nothing: outputs are the annotated (!) arguments, so functionalization
+// and torch.compile see every mutation. The Python wrappers return `out`.
+#include <torch/library.h>
+
+TORCH_LIBRARY(hpsgd, m) {
+  m.def("flatten(Tensor[] tensors, Tensor(a!) out) -> ()");
+  m.def("unflatten(Tensor flat, Tensor(a!)[] tensors) -> ()");
+  m.def("delta_flatten(Tensor[] params, Tensor[] anchors, Tensor(a!) out) -> ()");
+  m.def("merge(Tensor(a!)[] params, Tensor(b!)[] anchors, Tensor reduced, float lr=1.0) -> ()");
+  m.def(
+      "round_step(Tensor(a!)[] params, Tensor(b!)[] anchors, Tensor? reduced, "
+      "Tensor(c!) out, float lr=1.0, Tensor(d!)[]? momentum_buffers=None, "
+      "float momentum=0.0, bool nesterov=False, Tensor(e!)? sent=None) -> ()");
+}

@@ -1,0 +1,171 @@
+"""Every fused op against the pure-PyTorch reference (hpsgd_ext.reference) on random
+data: awkward sizes, every accepted dtype combination, every option."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from hpsgd_ext import ops, reference as ref
+
+from conftest import DEVICES
+from helpers import FLOATS, PARAM_ANCHOR, assert_same, clone_all, poisoned, rand_list
+
+# Sizes that cross the CPU chunk (65536) and CUDA chunk (8192) boundaries, odd
+# lengths that misalign every later segment, empty tensors between others.
+AWKWARD = [(3, 5), 0, 1, 8192 * 2 + 5, (0, 4), 65536 + 3, 7, 1]
+MOMENTUM = [None, (0.9, False), (0.9, True)]
+
+
+def sizes_numel(sizes):
+    return sum(torch.Size(s if isinstance(s, tuple) else (s,)).numel() for s in sizes)
+
+
+def make_round(sizes, p_dt, a_dt, f_dt, device, seed, *, reduced=True, mom=None,
+               sent=False, tail=3):
+    g = torch.Generator().manual_seed(seed)
+    n = sizes_numel(sizes)
+    ps = rand_list(sizes, p_dt, device, g)
+    anchors = rand_list(sizes, a_dt, device, g)
+    red = (torch.randn(n + tail, generator=g) * 0.1).to(f_dt).to(device) if reduced else None
+    out = poisoned(n, f_dt, device, tail=tail)
+    ms = rand_list(sizes, a_dt, device, g, scale=0.1) if mom else None
+    s = (torch.randn(n + tail, generator=g) * 0.01).to(f_dt).to(device) if sent else None
+    return ps, anchors, red, out, ms, s
+
+
+def run_both(args, kwargs):
+    """(kernel results, reference results) from identical copies of the inputs."""
+    ps, anchors, red, out, ms, s = args
+    k = (clone_all(ps), clone_all(anchors), red, out.clone(),
+         None if ms is None else clone_all(ms), None if s is None else s.clone())
+    r = (clone_all(ps), clone_all(anchors), red, out.clone(),
+         None if ms is None else clone_all(ms), None if s is None else s.clone())
+    ops.round_step(k[0], k[1], k[2], k[3], momentum_buffers=k[4], sent=k[5], **kwargs)
+    ref.round_step(r[0], r[1], r[2], r[3], momentum_buffers=r[4], sent=r[5], **kwargs)
+    return k, r
+
+
+def check_all(k, r):
+    for xs, ys in zip(k, r):
+        if xs is None:
+            continue
+        for x, y in zip(xs if isinstance(xs, list) else [xs], ys if isinstance(ys, list) else [ys]):
+            assert_same(x, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p_dt,a_dt", PARAM_ANCHOR, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("f_dt", FLOATS, ids=lambda d: "flat_" + str(d).split(".")[-1])
+@pytest.mark.parametrize("reduced,mom,sent", [
+    (r, m, s) for r, m, s in itertools.product([False, True], MOMENTUM, [False, True])
+    if r or m is None], ids=str)
+def test_round_step_matches_reference(device, p_dt, a_dt, f_dt, reduced, mom, sent):
+    args = make_round(AWKWARD, p_dt, a_dt, f_dt, device, seed=1, reduced=reduced, mom=mom, sent=sent)
+    kwargs = dict(lr=0.7)
+    if mom:
+        kwargs.update(momentum=mom[0], nesterov=mom[1])
+    k, r = run_both(args, kwargs)
+    check_all(k, r)
+    n = sizes_numel(AWKWARD)
+    # The flat tail beyond the total is never touched.
+    assert torch.isnan(k[3][n:]).all()
+    if sent:
+        # keep-own-progress: sent holds exactly what was sent.
+        assert torch.equal(k[5][:n], k[3][:n])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sizes", [
+    [], [0], [1], [0, 1, 0], [17], [1000, 1, 3],
+    # thousands of tensors in one call
+    "many",
+], ids=str)
+def test_sizes(device, sizes):
+    if sizes == "many":
+        g = torch.Generator().manual_seed(3)
+        sizes = torch.randint(0, 40, (3000,), generator=g).tolist()
+    args = make_round(sizes, torch.float32, torch.float32, torch.bfloat16, device, seed=2,
+                      mom=(0.5, False), sent=True)
+    k, r = run_both(args, dict(lr=1.3, momentum=0.5))
+    check_all(k, r)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dt", FLOATS, ids=str)
+@pytest.mark.parametrize("f_dt", FLOATS, ids=str)
+def test_flatten_unflatten_delta_merge(device, dt, f_dt):
+    g = torch.Generator().manual_seed(4)
+    sizes = [(2, 3), 0, 5, 8192 + 9, 1]
+    n = sizes_numel(sizes)
+    ts = rand_list(sizes, dt, device, g)
+    anchors = rand_list(sizes, dt, device, g)
+
+    out = ops.flatten(ts, poisoned(n, f_dt, device, tail=2))
+    exp = ref.flatten(ts, poisoned(n, f_dt, device, tail=2))
+    assert_same(out, exp)
+    if f_dt == dt:  # a same-dtype flatten is a copy
+        assert torch.equal(out[:n], torch.cat([t.reshape(-1) for t in ts]))
+
+    targets = [torch.full_like(t, float("nan")) for t in ts]
+    ops.unflatten(out, targets)
+    for t, src in zip(targets, ts):
+        assert_same(t, src.to(f_dt).to(dt))
+
+    d = ops.delta_flatten(ts, anchors, poisoned(n, f_dt, device))
+    d_ref = ref.delta_flatten(ts, anchors, poisoned(n, f_dt, device))
+    assert_same(d, d_ref)
+
+    red = torch.randn(n, generator=g).to(f_dt).to(device)
+    kp, ka, rp, ra = clone_all(ts), clone_all(anchors), clone_all(ts), clone_all(anchors)
+    ops.merge(kp, ka, red, lr=0.25)
+    ref.merge(rp, ra, red, lr=0.25)
+    for x, y in zip(kp + ka, rp + ra):
+        assert_same(x, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_round_rule_semantics(device):
+    """The documented rule, checked by hand on one tensor (not via the reference)."""
+    p = torch.tensor([3.0, -1.0], device=device)
+    a = torch.tensor([1.0, 1.0], device=device)
+    r = torch.tensor([0.5, -0.5], device=device)
+    s = torch.tensor([0.25, 0.0], device=device)
+    m = torch.tensor([1.0, 2.0], device=device)
+    out = torch.empty(2, device=device)
+    ops.round_step([p], [a], r, out, lr=2.0, momentum_buffers=[m], momentum=0.5, sent=s)
+    d = torch.tensor([3.0 - 1.0 - 0.25, -1.0 - 1.0 - 0.0], device=device)
+    m_new = torch.tensor([0.5 * 1.0 + 0.5, 0.5 * 2.0 - 0.5], device=device)
+    a_new = torch.tensor([1.0, 1.0], device=device) + 2.0 * m_new
+    assert torch.equal(out, d)
+    assert torch.equal(m, m_new)
+    assert torch.equal(a, a_new)
+    assert torch.equal(p, a_new + d)
+    assert torch.equal(s, d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_misaligned_views(device):
+    """Tensors that start at odd addresses (views into a bigger buffer) and a flat
+    buffer that starts at an odd offset: the vector path must fall back correctly."""
+    g = torch.Generator().manual_seed(5)
+    big = torch.randn(40000, generator=g).to(device)
+    ps = [big[1:10001].view(100, 100), big[10003:10003 + 777]]
+    anchors = [torch.randn(100, 100, generator=g).to(device),
+               torch.randn(777, generator=g).to(device)]
+    flat_store = poisoned(20000, torch.float32, device)
+    out = flat_store[3:]
+    red = torch.randn(20000, generator=g).to(device)[5:]
+    sent = torch.randn(20000, generator=g).to(device)[1:]
+    args = (ps, anchors, red, out, None, sent)
+    k, r = run_both(args, dict(lr=0.9))
+    check_all(k, r)
+
+
+def test_round_step_none_reduced_leaves_anchor():
+    p, a = [torch.randn(5)], [torch.randn(5)]
+    a0 = a[0].clone()
+    ops.round_step(p, a, None, torch.empty(5))
+    assert torch.equal(a[0], a0) and torch.equal(p[0], a0)
