@@ -1,0 +1,57 @@
+# One command each, from a fresh clone: `make test` (build + every test) and
+# `make demo` (the main job). Both create .venv and build the extension first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS   := $(VENV)/.deps-installed
+
+# torch's builder guesses CUDA_HOME from nvcc's path; point it at the toolkit.
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME ?= /usr/local/cuda
+endif
+# CI compiles for the H100 only (sm_90), to stay well inside its time limit.
+ifeq ($(CI),true)
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+endif
+
+PYTEST_ARGS ?=
+
+.PHONY: all venv build test test-py ctest bench clean
+
+all: build
+
+$(DEPS): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+venv: $(DEPS)
+
+# ninja rebuilds only what changed; setup.py decides CUDA vs C++-only.
+build: $(DEPS)
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c "import hpsgd_ext as h; print('hpsgd_ext', h.__version__, 'cuda:', h.built_with_cuda(), 'nccl:', h.built_with_nccl())"
+
+test: build ctest test-py
+
+test-py: build
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The C++ library and its dispatcher test, through libtorch's CMake config.
+ctest: $(DEPS)
+	@set -e; SP=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	TP=$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)'); \
+	NVRTC=$$(ls $$SP/nvidia/cu*/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -n1); \
+	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B cmake-build -G Ninja \
+	  -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja -DCMAKE_PREFIX_PATH=$$TP \
+	  -DCUDA_TOOLKIT_ROOT_DIR=$${CUDA_HOME:-/usr/local/cuda} -DCUDAToolkit_ROOT=$${CUDA_HOME:-/usr/local/cuda} \
+	  $${NVRTC:+-DCUDA_nvrtc_LIBRARY=$$NVRTC} -Wno-dev > cmake-build.log 2>&1 \
+	  || { cat cmake-build.log; exit 1; }; \
+	cmake --build cmake-build -j2; \
+	ctest --test-dir cmake-build --output-on-failure
+
+bench: build
+	$(PY) -m pytest bench --benchmark-only $(PYTEST_ARGS)
+
+clean:
+	rm -rf build cmake-build cmake-build.log hpsgd_ext/*.so

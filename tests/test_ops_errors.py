@@ -1,0 +1,170 @@
+"""Bad input: a clear exception naming the argument, raised before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpsgd_ext import ops
+
+from conftest import DEVICES
+
+
+def base(device="cpu", n=(4, 3)):
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randn(k, generator=g).to(device) for k in n]
+    an = [torch.randn(k, generator=g).to(device) for k in n]
+    ms = [torch.randn(k, generator=g).to(device) for k in n]
+    tot = sum(n)
+    return dict(params=ps, anchors=an, reduced=torch.randn(tot, generator=g).to(device),
+                out=torch.randn(tot, generator=g).to(device), momentum_buffers=ms,
+                sent=torch.randn(tot, generator=g).to(device))
+
+
+def snapshot(kw):
+    snap = []
+    for v in kw.values():
+        if isinstance(v, torch.Tensor):
+            snap.append(v.clone())
+        elif isinstance(v, list):
+            snap.extend(t.clone() for t in v)
+    return snap
+
+
+def assert_untouched(kw, snap):
+    now = snapshot(kw)
+    assert len(now) == len(snap)
+    for a, b in zip(now, snap):
+        assert torch.equal(a, b), "a failed call modified its arguments"
+
+
+def expect_error(exc, match, **kw):
+    snap = snapshot(kw)
+    with pytest.raises(exc, match=match):
+        ops.round_step(**kw)
+    assert_untouched(kw, snap)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_list_length_mismatch(device):
+    kw = base(device)
+    kw["anchors"] = kw["anchors"][:1]
+    expect_error(ValueError, r"anchors has 1 tensors but params has 2", **kw)
+    kw = base(device)
+    kw["momentum_buffers"] = kw["momentum_buffers"][:1]
+    expect_error(ValueError, r"momentum_buffers has 1 tensors", momentum=0.9, **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shape_mismatch(device):
+    kw = base(device)
+    kw["anchors"][1] = torch.zeros(2, device=device)
+    expect_error(ValueError, r"anchors\[1\] has shape \[2\] but params\[1\] has shape \[3\]", **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["params", "anchors", "out", "reduced", "sent"])
+def test_integer_tensors_rejected(device, which):
+    kw = base(device)
+    if isinstance(kw[which], list):
+        kw[which][0] = kw[which][0].to(torch.int64)
+        name = rf"{which}\[0\]"
+    else:
+        kw[which] = kw[which].to(torch.int32)
+        name = which
+    expect_error(TypeError, rf"{name} has dtype (Long|Int); expected float32, bfloat16 or float16", **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtype_rules(device):
+    kw = base(device)
+    kw["params"][1] = kw["params"][1].half()
+    expect_error(TypeError, r"params\[1\] has dtype Half but params\[0\] has Float", **kw)
+    kw = base(device)
+    kw["params"] = [p.bfloat16() for p in kw["params"]]
+    kw["anchors"] = [a.half() for a in kw["anchors"]]
+    expect_error(TypeError, r"anchors\[0\] has dtype Half with params\[0\] of dtype BFloat16", **kw)
+    kw = base(device)
+    kw["sent"] = kw["sent"].bfloat16()
+    expect_error(TypeError, r"sent has dtype BFloat16 but another flat buffer", **kw)
+    kw = base(device)
+    kw["momentum_buffers"] = [m.half() for m in kw["momentum_buffers"]]
+    expect_error(TypeError, r"momentum_buffers\[0\] has dtype Half", momentum=0.9, **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["out", "reduced", "sent"])
+def test_flat_too_short(device, which):
+    kw = base(device)
+    kw[which] = kw[which][:6]
+    expect_error(ValueError, rf"{which} has 6 elements; expected at least 7", **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlaps_rejected(device):
+    kw = base(device)
+    kw["out"] = kw["reduced"]
+    expect_error(ValueError, r"(out overlaps reduced|reduced overlaps out)", **kw)
+    kw = base(device)
+    kw["anchors"] = list(kw["params"])
+    expect_error(ValueError, r"overlaps", **kw)
+    kw = base(device)
+    store = torch.randn(20, device=device)
+    kw["params"] = [store[0:4], store[2:5]]  # two written params sharing elements
+    expect_error(ValueError, r"params\[(0|1)\] overlaps params\[(0|1)\]", **kw)
+    kw = base(device)
+    store = torch.randn(20, device=device)
+    kw["params"] = [store[0:4], store[4:7]]  # disjoint views of one storage are fine
+    kw["out"] = store[7:14]
+    ops.round_step(**kw)
+    # an output inside an input that is only read is an overlap too
+    kw = base(device)
+    kw["out"] = kw["params"][0].new_empty(7)
+    big = torch.randn(10, device=device)
+    kw["reduced"] = big[:7]
+    kw["sent"] = big[3:10]
+    expect_error(ValueError, r"overlaps", **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_rejected(device):
+    kw = base(device)
+    kw["params"][0] = torch.randn(4, 2, device=device)[:, 0]
+    expect_error(ValueError, r"params\[0\] is not contiguous", **kw)
+    kw = base(device)
+    kw["out"] = torch.randn(14, device=device)[::2]
+    expect_error(ValueError, r"out is not contiguous", **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scalar_options(device):
+    kw = base(device)
+    mb = kw.pop("momentum_buffers")
+    expect_error(ValueError, r"needs momentum_buffers", momentum=0.9, **kw)
+    expect_error(ValueError, r"needs momentum_buffers", nesterov=True, **kw)
+    expect_error(ValueError, r"lr is nan", lr=float("nan"), **kw)
+    expect_error(ValueError, r"momentum is -0.5", momentum=-0.5, momentum_buffers=mb, **kw)
+
+
+@pytest.mark.gpu
+def test_mixed_devices_rejected():
+    kw = base("cuda")
+    kw["out"] = kw["out"].cpu()
+    expect_error(ValueError, r"out is on cpu but the other tensors are on cuda:0", **kw)
+    kw = base("cuda")
+    kw["anchors"][1] = kw["anchors"][1].cpu()
+    expect_error(ValueError, r"anchors\[1\] is on cpu", **kw)
+
+
+def test_other_ops_name_their_arguments():
+    ts = [torch.randn(3), torch.randn(2)]
+    with pytest.raises(ValueError, match=r"hpsgd.flatten: out has 4 elements; expected at least 5"):
+        ops.flatten(ts, torch.empty(4))
+    with pytest.raises(ValueError, match=r"hpsgd.unflatten: flat has 4 elements"):
+        ops.unflatten(torch.empty(4), ts)
+    with pytest.raises(TypeError, match=r"hpsgd.unflatten: tensors\[0\] has dtype Long"):
+        ops.unflatten(torch.empty(5), [torch.zeros(3, dtype=torch.long), torch.zeros(2)])
+    with pytest.raises(ValueError, match=r"hpsgd.merge: anchors\[0\] has shape"):
+        ops.merge(ts, [torch.randn(2), torch.randn(2)], torch.randn(5))
+    with pytest.raises(ValueError, match=r"hpsgd.delta_flatten: anchors has 1"):
+        ops.delta_flatten(ts, ts[:1], torch.empty(5))
