@@ -169,3 +169,25 @@ def test_round_step_none_reduced_leaves_anchor():
     a0 = a[0].clone()
     ops.round_step(p, a, None, torch.empty(5))
     assert torch.equal(a[0], a0) and torch.equal(p[0], a0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=str)
+def test_casts_are_bit_identical_to_torch(device, dt):
+    """The kernels' own float32 <-> 16-bit conversions round exactly like torch's
+    (nearest-even), on ties, subnormals, overflow, infinities and NaN."""
+    g = torch.Generator().manual_seed(7)
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-40, -1e-45,
+                            65504.0, 65520.0, 1e30, 3.0e38, 1.0 + 2**-8, 1.0 + 3 * 2**-8,
+                            1.0 + 2**-11, 1.0 + 3 * 2**-11])
+    # every bit pattern near the rounding boundaries of random values
+    bits = torch.randint(-2**31, 2**31 - 1, (20000,), generator=g, dtype=torch.int64).to(torch.int32)
+    x = torch.cat([special, bits.view(torch.float32), torch.randn(20003, generator=g)]).to(device)
+    out = torch.empty(x.numel(), dtype=dt, device=device)
+    ops.flatten([x], out)
+    exp = x.to(dt)
+    same = (out.view(torch.int16) == exp.view(torch.int16)) | (torch.isnan(out) & torch.isnan(exp))
+    assert same.all(), x[~same][:5]
+    back = torch.empty(x.numel(), dtype=torch.float32, device=device)
+    ops.flatten([out], back)
+    assert torch.equal(back.nan_to_num(1.5), out.float().nan_to_num(1.5))

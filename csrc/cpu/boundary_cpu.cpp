@@ -1,12 +1,16 @@
 // CPU runner for every hpsgd op: at::parallel_for over chunks of all tensors;
-// each chunk is converted to float32 in L1-sized blocks, run through the shared
-// rule with a compile-time configuration (a branch-free loop the compiler
-// vectorises), and stored back in each stream's dtype. One pass over memory.
+// each chunk is processed in L1-sized blocks through the shared rule with a
+// compile-time configuration (a branch-free loop the compiler vectorises).
+// One pass over memory.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cstring>
+
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 #include "../boundary_ops.h"
 #include "../checks.h"
@@ -22,15 +26,10 @@ using LoadFn = void (*)(const char*, float*, int64_t);
 using StoreFn = void (*)(const float*, char*, int64_t);
 
 template <typename T>
-void load_as_float(const char* src, float* dst, int64_t n) {
-  const T* s = reinterpret_cast<const T*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
-}
+void load_as_float(const char* src, float* dst, int64_t n);
 template <typename T>
-void store_from_float(const float* src, char* dst, int64_t n) {
-  T* d = reinterpret_cast<T*>(dst);
-  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<T>(src[i]);
-}
+void store_from_float(const float* src, char* dst, int64_t n);
+
 template <>
 void load_as_float<float>(const char* src, float* dst, int64_t n) {
   std::memcpy(dst, src, n * sizeof(float));
@@ -38,6 +37,49 @@ void load_as_float<float>(const char* src, float* dst, int64_t n) {
 template <>
 void store_from_float<float>(const float* src, char* dst, int64_t n) {
   std::memcpy(dst, src, n * sizeof(float));
+}
+
+// bfloat16 as bit operations the compiler vectorises (c10::BFloat16's scalar
+// conversion does not): widen by a shift; narrow with round-to-nearest-even,
+// NaN kept quiet. Bit-identical to c10::BFloat16.
+template <>
+void load_as_float<c10::BFloat16>(const char* src, float* dst, int64_t n) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
+}
+template <>
+void store_from_float<c10::BFloat16>(const float* src, char* dst, int64_t n) {
+  const uint32_t* s = reinterpret_cast<const uint32_t*>(src);
+  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = s[i];
+    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    d[i] = static_cast<uint16_t>(nan ? 0x7fc0u : rounded);
+  }
+}
+
+template <>
+void load_as_float<c10::Half>(const char* src, float* dst, int64_t n) {
+  const c10::Half* s = reinterpret_cast<const c10::Half*>(src);
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+}
+template <>
+void store_from_float<c10::Half>(const float* src, char* dst, int64_t n) {
+  c10::Half* d = reinterpret_cast<c10::Half*>(dst);
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) d[i] = static_cast<c10::Half>(src[i]);
 }
 
 LoadFn loader(at::ScalarType t) {
@@ -57,15 +99,38 @@ StoreFn storer(at::ScalarType t) {
   }
 }
 
-using RuleFn = void (*)(float, float, float*, float*, float*, const float*, float*, float*,
-                        int64_t);
+// Sources and destinations are separate pointers: a float32 stream is read and
+// written in place in memory, a 16-bit stream through a float32 scratch block,
+// and a stream this call does not write has a scratch destination (discarded).
+// A source may equal its destination (same index read, then written), which
+// `ivdep` tells the vectoriser is safe.
+struct BlockIo {
+  const float *p, *a, *m, *r, *s;
+  float *p_out, *a_out, *m_out, *s_out, *o_out;
+};
+using RuleFn = void (*)(float, float, const BlockIo&, int64_t);
 
 template <class Cfg>
-void rule_block(float lr, float mu, float* __restrict__ p, float* __restrict__ a,
-                float* __restrict__ m, const float* __restrict__ r, float* __restrict__ s,
-                float* __restrict__ out, int64_t n) {
+void rule_block(float lr, float mu, const BlockIo& io, int64_t n) {
   constexpr Cfg cfg{};
-  for (int64_t i = 0; i < n; ++i) apply_rule(cfg, lr, mu, p[i], a[i], m[i], r[i], s[i], out[i]);
+  const float *p_in = io.p, *a_in = io.a, *m_in = io.m, *r_in = io.r, *s_in = io.s;
+  float *p_out = io.p_out, *a_out = io.a_out, *m_out = io.m_out, *s_out = io.s_out,
+        *o_out = io.o_out;
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    float p = p_in[i];
+    float a = cfg.has_anchor() ? a_in[i] : 0.f;
+    float m = cfg.momentum_mode() != kNoMomentum ? m_in[i] : 0.f;
+    const float r = cfg.has_reduced() ? r_in[i] : 0.f;
+    float s = cfg.has_sent() ? s_in[i] : 0.f;
+    float o;
+    apply_rule(cfg, lr, mu, p, a, m, r, s, o);
+    p_out[i] = p;
+    a_out[i] = a;
+    if (cfg.momentum_mode() != kNoMomentum) m_out[i] = m;
+    if (cfg.has_sent()) s_out[i] = s;
+    o_out[i] = o;
+  }
 }
 
 template <bool A, bool R, bool S>
@@ -89,17 +154,37 @@ RuleFn pick_rule(const RuntimeCfg& c) {
   return c.anchor ? pick_reduced<true>(c) : pick_reduced<false>(c);
 }
 
+// One stream of one call: where a block of it lives and how to move it.
 struct Stream {
-  char* base = nullptr;  // null when absent
+  at::ScalarType dtype = at::kFloat;
   int64_t elem = 0;
+  bool present = false, written = false;
   LoadFn load = nullptr;
   StoreFn store = nullptr;
+
+  Stream() = default;
+  Stream(at::ScalarType t, bool present_, bool written_)
+      : dtype(t), elem(c10::elementSize(t)), present(present_), written(written_ && present_),
+        load(loader(t)), store(storer(t)) {}
+
+  bool direct() const { return dtype == at::kFloat; }
+  // The float32 source of a block at `mem` (null when absent).
+  const float* source(char* mem, float* scratch, int64_t len) const {
+    if (!present) return nullptr;
+    if (direct()) return reinterpret_cast<const float*>(mem);
+    load(mem, scratch, len);
+    return scratch;
+  }
+  float* destination(char* mem, float* scratch) const {
+    return written && direct() ? reinterpret_cast<float*>(mem) : scratch;
+  }
+  void finish(const float* scratch, char* mem, int64_t len) const {
+    if (written && !direct()) store(scratch, mem, len);
+  }
 };
 
-Stream flat_stream(const at::Tensor& t) {
-  if (!t.defined()) return {};
-  return {static_cast<char*>(t.data_ptr()), static_cast<int64_t>(t.element_size()),
-          loader(t.scalar_type()), storer(t.scalar_type())};
+char* data_or_null(const at::Tensor& t) {
+  return t.defined() ? static_cast<char*>(t.data_ptr()) : nullptr;
 }
 
 void run_cpu(const Plan& pl) {
@@ -110,14 +195,16 @@ void run_cpu(const Plan& pl) {
   const std::vector<int64_t> first = chunk_prefix(numels, kChunk);
 
   const RuleFn rule = pick_rule(pl.cfg);
-  const LoadFn load_p = loader(pl.param_dtype), load_a = loader(pl.anchor_dtype);
-  const StoreFn store_p = storer(pl.param_dtype), store_a = storer(pl.anchor_dtype);
-  const int64_t p_elem = c10::elementSize(pl.param_dtype);
-  const int64_t a_elem = c10::elementSize(pl.anchor_dtype);
-  const Stream out = flat_stream(pl.out), red = flat_stream(pl.reduced),
-               sent = flat_stream(pl.sent);
   const bool has_a = !pl.anchors.empty(), has_m = !pl.momenta.empty();
-  const bool write_a = pl.write_anchors();
+  const Stream sp(pl.param_dtype, true, pl.write_params);
+  const Stream sa(pl.anchor_dtype, has_a, pl.write_anchors());
+  const Stream sm(pl.anchor_dtype, has_m, pl.write_anchors());
+  const Stream sr(pl.flat_dtype, pl.reduced.defined(), false);
+  const Stream ss(pl.flat_dtype, pl.sent.defined(), true);
+  const Stream so(pl.flat_dtype, pl.out.defined(), true);
+  char* const red = data_or_null(pl.reduced);
+  char* const sent = data_or_null(pl.sent);
+  char* const out = data_or_null(pl.out);
   const float lr = pl.lr, mu = pl.mu;
 
   at::parallel_for(0, first.back(), 1, [&](int64_t begin, int64_t end) {
@@ -133,17 +220,22 @@ void run_cpu(const Plan& pl) {
       for (int64_t b = lo; b < hi; b += kBlock) {
         const int64_t len = std::min(kBlock, hi - b);
         const int64_t f = off + b;  // flat index of this block
-        load_p(p + b * p_elem, P, len);
-        if (has_a) load_a(a + b * a_elem, A, len);
-        if (has_m) load_a(m + b * a_elem, M, len);
-        if (red.base) red.load(red.base + f * red.elem, R, len);
-        if (sent.base) sent.load(sent.base + f * sent.elem, S, len);
-        rule(lr, mu, P, A, M, R, S, O, len);
-        if (out.base) out.store(O, out.base + f * out.elem, len);
-        if (sent.base) sent.store(S, sent.base + f * sent.elem, len);
-        if (write_a) store_a(A, a + b * a_elem, len);
-        if (write_a && has_m) store_a(M, m + b * a_elem, len);
-        if (pl.write_params) store_p(P, p + b * p_elem, len);
+        char* pb = p + b * sp.elem;
+        char* ab = has_a ? a + b * sa.elem : nullptr;
+        char* mb = has_m ? m + b * sm.elem : nullptr;
+        char* rb = red ? red + f * sr.elem : nullptr;
+        char* sb = sent ? sent + f * ss.elem : nullptr;
+        char* ob = out ? out + f * so.elem : nullptr;
+        const BlockIo io{sp.source(pb, P, len), sa.source(ab, A, len), sm.source(mb, M, len),
+                         sr.source(rb, R, len), ss.source(sb, S, len),
+                         sp.destination(pb, P), sa.destination(ab, A), sm.destination(mb, M),
+                         ss.destination(sb, S), so.destination(ob, O)};
+        rule(lr, mu, io, len);
+        so.finish(O, ob, len);
+        ss.finish(S, sb, len);
+        sa.finish(A, ab, len);
+        sm.finish(M, mb, len);
+        sp.finish(P, pb, len);
       }
     }
   });

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``hpsgd-bench`` and the pytest-benchmark suites in bench/."""
