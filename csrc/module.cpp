@@ -3,6 +3,10 @@
 // this library loads and are reached through torch.ops.hpsgd.
 #include <torch/extension.h>
 
+namespace hpsgd {
+void bind_comm(pybind11::module_& m);
+}
+
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "hpsgd_ext native library";
@@ -20,5 +24,5 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   });
-
+  hpsgd::bind_comm(m);
 }

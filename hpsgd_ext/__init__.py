@@ -12,6 +12,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C
 from ._version import __version__
 from . import ops, reference
+from .comm import CommError, CommTimeoutError, Communicator, LinkModel, Work
 
 
 def built_with_cuda() -> bool:
@@ -24,4 +25,5 @@ def built_with_nccl() -> bool:
     return bool(_C.built_with_nccl())
 
 
-__all__ = ["__version__", "built_with_cuda", "built_with_nccl", "ops", "reference"]
+__all__ = ["__version__", "built_with_cuda", "built_with_nccl", "ops", "reference", "Communicator",
+           "LinkModel", "Work", "CommError", "CommTimeoutError"]

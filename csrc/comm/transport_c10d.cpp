@@ -1,0 +1,106 @@
+// The c10d transport: any torch.distributed process group (Gloo for CPU
+// tensors), driven from C++ so the scheduling in Transport/Work is the same
+// code the NCCL transport uses. The group's own collective runs on its worker
+// threads; completion arrives through the Work's future and wakes waiters.
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
+#include <condition_variable>
+
+#include "../checks.h"
+#include "transport_c10d.h"
+
+namespace hpsgd::comm {
+namespace {
+
+// Written by the process group's thread, read by waiters.
+struct Completion {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::string error;
+};
+
+class C10dWork final : public Work {
+ public:
+  C10dWork(std::shared_ptr<Transport> t, at::Tensor flat, int64_t seq,
+           std::shared_ptr<Work> prev, double issued, double hold, double deadline,
+           c10::intrusive_ptr<c10d::Work> work, std::shared_ptr<Completion> c)
+      : Work(std::move(t), std::move(flat), seq, std::move(prev), issued, hold, deadline),
+        work_(std::move(work)),
+        completion_(std::move(c)) {}
+
+ protected:
+  bool transport_done() override {
+    std::lock_guard<std::mutex> lock(completion_->mu);
+    if (!completion_->error.empty()) throw std::runtime_error(completion_->error);
+    return completion_->done;
+  }
+  void block_for(double seconds) override {
+    std::unique_lock<std::mutex> lock(completion_->mu);
+    completion_->cv.wait_for(lock, std::chrono::duration<double>(seconds),
+                             [&] { return completion_->done || !completion_->error.empty(); });
+  }
+
+ private:
+  c10::intrusive_ptr<c10d::Work> work_;
+  std::shared_ptr<Completion> completion_;
+};
+
+}  // namespace
+
+C10dTransport::C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
+                             std::shared_ptr<LinkModel> link)
+    : Transport(pg->getRank(), pg->getSize(), timeout_s, std::move(link)), pg_(std::move(pg)) {}
+
+std::string C10dTransport::name() const { return "c10d:" + pg_->getBackendName(); }
+
+void C10dTransport::check_buffer(const at::Tensor& flat) const {
+  HPSGD_CHECK_ARG(flat.device().is_cpu() || pg_->getBackendName() == "nccl",
+                  "all_reduce_async: flat is on ", flat.device(), " but the c10d transport over ",
+                  pg_->getBackendName(), " reduces CPU tensors; expected a CPU tensor (CUDA "
+                  "buffers use the NCCL transport)");
+}
+
+std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, int64_t seq,
+                                           std::shared_ptr<Work> previous, double issued_at,
+                                           double hold_until, double deadline) {
+  std::vector<at::Tensor> tensors{flat};
+  c10d::AllreduceOptions opts;
+  // Gloo has no mean: sum, then divide once the sum has landed.
+  const bool native_avg = pg_->getBackendName() == "nccl";
+  opts.reduceOp = native_avg ? c10d::ReduceOp(c10d::ReduceOp::AVG)
+                             : c10d::ReduceOp(c10d::ReduceOp::SUM);
+  // The group's own deadline matches ours, so its threads are freed too.
+  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout() * 1000.0));
+  auto work = pg_->allreduce(tensors, opts);
+  auto completion = std::make_shared<Completion>();
+  const double world = static_cast<double>(this->world());
+  work->getFuture()->addCallback(
+      [completion, flat, world, native_avg](c10::ivalue::Future& fut) {
+        std::string error;
+        if (fut.hasError()) {
+          error = fut.tryRetrieveErrorMessage();
+        } else if (!native_avg && world > 1) {
+          try {
+            flat.div_(world);
+          } catch (const std::exception& e) {
+            error = e.what();
+          }
+        }
+        {
+          std::lock_guard<std::mutex> lock(completion->mu);
+          completion->done = error.empty();
+          completion->error = error;
+        }
+        completion->cv.notify_all();
+      });
+  return std::make_shared<C10dWork>(shared_from_this(), flat, seq, std::move(previous), issued_at,
+                                    hold_until, deadline, std::move(work), std::move(completion));
+}
+
+void C10dTransport::abort_transport() {
+  // Collectives already handed to the group end at the group's own timeout
+  // (set to ours above); later ones are refused by Transport::check_usable.
+}
+
+}  // namespace hpsgd::comm

@@ -1,0 +1,25 @@
+#pragma once
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
+#include "transport.h"
+
+namespace hpsgd::comm {
+
+class C10dTransport final : public Transport {
+ public:
+  C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
+                std::shared_ptr<LinkModel> link);
+  std::string name() const override;
+
+ protected:
+  std::shared_ptr<Work> issue(const at::Tensor& flat, int64_t seq, std::shared_ptr<Work> previous,
+                              double issued_at, double hold_until, double deadline) override;
+  void abort_transport() override;
+  void check_buffer(const at::Tensor& flat) const override;
+
+ private:
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+};
+
+}  // namespace hpsgd::comm

@@ -1,0 +1,161 @@
+"""The communicator: asynchronous mean all-reduce of one flat buffer per round.
+
+Two transports behind one API (the scheduling, deadlines, ordering, link emulation
+and telemetry are shared C++ code):
+
+* ``nccl`` for CUDA buffers: its own ``ncclComm_t`` bootstrapped over the given
+  process group (unique id from rank 0), its own high-priority stream; the caller's
+  stream is never blocked and the CPU only when it asks to wait.
+* ``c10d`` for CPU buffers: any ``torch.distributed`` process group (Gloo), driven
+  from C++.
+
+Every wait has a deadline (the constructor's ``timeout`` unless given); a collective
+that misses it aborts the communicator and raises :class:`CommTimeoutError` naming
+the collective and the rank; a failed one raises :class:`CommError`. After either,
+the communicator refuses new work.
+
+Link emulation (``link=LinkModel(bandwidth, latency)``) is an *emulation* for
+benchmarks and the demo on one machine: one serial link, each collective's
+completion held until ``max(issue, previous finish) + latency + bytes / bandwidth``
+(CPU: checked by the waiting thread; CUDA: a one-thread delay kernel on the comm
+stream). Pass the same ``LinkModel`` object to baselines so every algorithm sees
+the same link.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Optional, Union
+
+import torch
+import torch.distributed as dist
+
+from . import _C
+
+__all__ = ["Communicator", "LinkModel", "Work", "CommError", "CommTimeoutError", "to_seconds"]
+
+LinkModel = _C.LinkModel
+Work = _C.Work
+CommError = _C.CommError
+CommTimeoutError = _C.CommTimeoutError
+
+Duration = Union[_dt.timedelta, float, int]
+
+
+def to_seconds(value: Duration, name: str) -> float:
+    """A positive duration in seconds from a timedelta or a number."""
+    secs = value.total_seconds() if isinstance(value, _dt.timedelta) else value
+    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
+        raise ValueError(f"{name} is {value!r}; expected a positive timedelta or number of seconds")
+    return float(secs)
+
+
+class Communicator:
+    """Mean all-reduce of flat buffers, in place, in the background.
+
+    Args:
+        process_group: the group to reduce over (default: the default group).
+        device: where the buffers live; CUDA buffers use the NCCL transport when
+            :func:`hpsgd_ext.built_with_nccl`, CPU buffers the c10d transport.
+            Default: the current CUDA device for an NCCL group, else CPU.
+        timeout: deadline of every collective and of every wait.
+        link: optional :class:`LinkModel` (emulation, see module docs).
+    """
+
+    def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
+                 device: Optional[Union[torch.device, str]] = None,
+                 timeout: Duration = _dt.timedelta(minutes=5),
+                 link: Optional[LinkModel] = None):
+        if process_group is None:
+            if not dist.is_initialized():
+                raise RuntimeError("Communicator: torch.distributed is not initialized; call "
+                                   "torch.distributed.init_process_group() or pass process_group")
+            process_group = dist.group.WORLD
+        if link is not None and not isinstance(link, LinkModel):
+            raise TypeError(f"Communicator: link is {type(link).__name__}; expected hpsgd_ext.LinkModel or None")
+        self.timeout = to_seconds(timeout, "timeout")
+        backend = dist.get_backend(process_group)
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self.device = torch.device(device)
+        self.process_group = process_group
+        if self.device.type == "cuda":
+            self._core = self._make_nccl(process_group, backend, link)
+        elif self.device.type == "cpu":
+            self._core = _C.c10d_communicator(process_group, self.timeout, link)
+        else:
+            raise ValueError(f"Communicator: device {self.device} is not supported; expected cpu or cuda")
+
+    def _make_nccl(self, pg, backend, link):
+        from . import built_with_nccl
+
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        if not built_with_nccl():
+            if backend == "nccl":  # the group itself can reduce CUDA tensors
+                return _C.c10d_communicator(pg, self.timeout, link)
+            raise NotImplementedError("Communicator: CUDA buffers need the NCCL transport, and this "
+                                      "build has none (hpsgd_ext.built_with_nccl() is False)")
+        rank, world = dist.get_rank(pg), dist.get_world_size(pg)
+        uid = [_C.nccl_unique_id() if rank == 0 else None]
+        # The unique id travels over the user's group, whatever its backend.
+        dist.broadcast_object_list(uid, src=dist.get_global_rank(pg, 0), group=pg,
+                                   device=self.device if backend == "nccl" else None)
+        with torch.cuda.device(index):
+            return _C.nccl_communicator(uid[0], rank, world, index, self.timeout, link)
+
+    # --- the API -----------------------------------------------------------------
+    def all_reduce_async(self, flat: torch.Tensor) -> Work:
+        """Start a mean all-reduce of ``flat`` (float32/bfloat16/float16, contiguous)
+        in place; returns its :class:`Work`. Several may be in flight; they complete
+        in issue order. Every rank must issue the same sequence."""
+        with torch.profiler.record_function("hpsgd.all_reduce_async"):
+            return self._live().all_reduce_async(flat)
+
+    @property
+    def rank(self) -> int:
+        return self._live().rank
+
+    @property
+    def world_size(self) -> int:
+        return self._live().world_size
+
+    @property
+    def transport(self) -> str:
+        return self._live().transport
+
+    @property
+    def link(self) -> Optional[LinkModel]:
+        return self._live().link
+
+    def stats(self) -> dict:
+        """Counters: issued, completed, failed, timeouts, bytes, wait_seconds."""
+        core = self._live()
+        return {"transport": core.transport, **core.counters(), "aborted": core.aborted}
+
+    def abort(self, reason: str = "aborted by the user") -> None:
+        """Stop: in-flight and later collectives raise :class:`CommError`."""
+        self._live().abort(reason)
+
+    def close(self) -> None:
+        """Release the communicator. Work handles still held stay valid; the NCCL
+        communicator is torn down once the last of them is gone (queued collectives
+        drain within the timeout, then it is aborted, so this never hangs)."""
+        self._core = None
+
+    def _live(self):
+        if self._core is None:
+            raise RuntimeError("Communicator is closed")
+        return self._core
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._core is None:
+            return "<hpsgd_ext.Communicator closed>"
+        return (f"<hpsgd_ext.Communicator {self._core.transport} rank {self._core.rank}/"
+                f"{self._core.world_size} on {self.device}>")
