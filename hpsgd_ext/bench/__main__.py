@@ -2,6 +2,7 @@
 and a readable table into a results folder.
 
     hpsgd-bench kernels [--device cpu|cuda] [--numel 50000000] [--out bench/results]
+    hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -30,6 +31,31 @@ def _kernels(args) -> int:
     return 0
 
 
+def _comm(args) -> int:
+    from ..launch import run_local
+    from . import comm
+    from .meta import write_json
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = args.ranks or (torch.cuda.device_count() if device == "cuda" else 2)
+    results = run_local(comm.worker, ranks, args.min_bytes, args.max_bytes, device)
+    res = results[0]
+    text = comm.table(res)
+    print(text)
+    tag = f"comm-{device}-{ranks}ranks"
+    path = write_json(os.path.join(args.out, f"{tag}.json"), {"benchmark": "comm", "per_rank": results})
+    with open(os.path.join(args.out, f"{tag}.txt"), "w") as f:
+        f.write(text + "\n")
+    comm.plot(res, os.path.join(args.out, f"{tag}.png"))
+    print(f"wrote {path}")
+    return 0
+
+
+def _bytes(s: str) -> int:
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30}
+    return int(float(s[:-1]) * mult[s[-1].upper()]) if s[-1].upper() in mult else int(s)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hpsgd-bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--reps", type=int, default=7)
     k.add_argument("--out", default="bench/results")
     k.set_defaults(fn=_kernels)
+    c = sub.add_parser("comm", help="all-reduce algbw/busbw vs torch.distributed, issue cost, overlap")
+    c.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    c.add_argument("--ranks", type=int, default=None)
+    c.add_argument("--min-bytes", type=_bytes, default=_bytes("1K"))
+    c.add_argument("--max-bytes", type=_bytes, default=_bytes("1G"))
+    c.add_argument("--out", default="bench/results")
+    c.set_defaults(fn=_comm)
     args = ap.parse_args(argv)
     return args.fn(args)
 
