@@ -13,6 +13,7 @@ from . import _C
 from ._version import __version__
 from . import ops, reference
 from .comm import CommError, CommTimeoutError, Communicator, LinkModel, Work
+from .hook import HPSGD
 
 
 def built_with_cuda() -> bool:
@@ -25,5 +26,5 @@ def built_with_nccl() -> bool:
     return bool(_C.built_with_nccl())
 
 
-__all__ = ["__version__", "built_with_cuda", "built_with_nccl", "ops", "reference", "Communicator",
+__all__ = ["__version__", "built_with_cuda", "built_with_nccl", "ops", "reference", "Communicator", "HPSGD",
            "LinkModel", "Work", "CommError", "CommTimeoutError"]

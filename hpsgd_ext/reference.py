@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["flatten", "unflatten", "delta_flatten", "merge", "round_step"]
+__all__ = ["flatten", "unflatten", "delta_flatten", "merge", "round_step", "ReferenceHPSGD"]
 
 
 def _segments(tensors: Sequence[torch.Tensor], flat: Optional[torch.Tensor]):
@@ -72,3 +72,69 @@ def delta_flatten(params, anchors, out):
 
 def merge(params, anchors, reduced, lr=1.0):
     round_step(params, anchors, reduced, None, lr=lr)
+
+
+class ReferenceHPSGD:
+    """HPSGD with a fixed window, written with plain ``torch.distributed`` and the
+    pure-torch rule above: ``torch.cat`` of the deltas, ``dist.all_reduce(SUM,
+    async_op=True)``, a division by the world size, per-tensor arithmetic. No fused
+    op, no communicator. Tests prove :class:`hpsgd_ext.HPSGD` equals it.
+    """
+
+    def __init__(self, params, optimizer, sync_every: int, replica: str = "keep",
+                 outer_lr: float = 1.0, outer_momentum: float = 0.0, nesterov: bool = False,
+                 comm_dtype=None, group=None):
+        import torch.distributed as dist
+
+        self.dist, self.group = dist, group
+        self.params = [p for p in params if p.requires_grad]
+        self.H, self.replica = sync_every, replica
+        self.lr, self.mu, self.nesterov = outer_lr, outer_momentum, nesterov
+        src = dist.get_global_rank(group, 0) if group is not None else 0
+        with torch.no_grad():
+            for p in self.params:
+                dist.broadcast(p.data, src=src, group=group)
+        adt = lambda p: torch.float32 if p.dtype != torch.float32 else p.dtype  # noqa: E731
+        self.anchors = [p.detach().to(adt(p), copy=True) for p in self.params]
+        n = sum(p.numel() for p in self.params)
+        self.cdt = comm_dtype or self.params[0].dtype
+        self.sent = torch.zeros(n, dtype=self.cdt) if replica == "keep" else None
+        self.moms = [torch.zeros_like(a) for a in self.anchors] if outer_momentum > 0 else None
+        self.pending = None  # (work, buffer)
+        self.steps = 0
+        self.handle = optimizer.register_step_post_hook(lambda *_: self._step())
+
+    def _step(self):
+        self.steps += 1
+        if self.steps % self.H == 0:
+            self._boundary()
+
+    def _reduced(self):
+        if self.pending is None:
+            return None
+        work, buf = self.pending
+        work.wait()
+        return buf.div_(self.dist.get_world_size(self.group))
+
+    @torch.no_grad()
+    def _boundary(self):
+        reduced = self._reduced()
+        out = torch.empty(sum(p.numel() for p in self.params), dtype=self.cdt, device=self.params[0].device)
+        round_step(self.params, self.anchors, reduced, out, lr=self.lr, momentum_buffers=self.moms,
+                   momentum=self.mu, nesterov=self.nesterov, sent=self.sent)
+        self.pending = (self.dist.all_reduce(out, op=self.dist.ReduceOp.SUM, group=self.group, async_op=True), out)
+
+    @torch.no_grad()
+    def synchronize(self):
+        self._boundary()
+        reduced = self._reduced()
+        scratch = torch.empty_like(reduced)
+        round_step(self.params, self.anchors, reduced, scratch, lr=self.lr, momentum_buffers=self.moms,
+                   momentum=self.mu, nesterov=self.nesterov)
+        if self.sent is not None:
+            self.sent.zero_()
+        self.pending = None
+        self.steps = 0
+
+    def close(self):
+        self.handle.remove()

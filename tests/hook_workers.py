@@ -1,0 +1,148 @@
+"""Bodies of the multi-process HPSGD tests; each runs on every rank."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import hpsgd_ext
+from hpsgd_ext import HPSGD
+from hpsgd_ext.reference import ReferenceHPSGD
+
+
+def make_model(seed=0, hidden=16):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+
+
+def batch(rank, step, n=16):
+    g = torch.Generator().manual_seed(10_000 * rank + step)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y
+
+
+def train(model, opt, rank, steps, start=0, slow=0.0):
+    loss_fn = nn.CrossEntropyLoss()
+    for s in range(start, start + steps):
+        x, y = batch(rank, s)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        if slow:
+            time.sleep(slow)
+
+
+def flat_params(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def equals_reference(rank, world, replica, H, steps, outer_momentum, nesterov):
+    # Different seeds per rank: the initial broadcast must make them equal.
+    results = {}
+    for impl in ("hpsgd", "reference"):
+        model = make_model(seed=rank)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        if impl == "hpsgd":
+            hp = HPSGD(model, opt, sync_every=H, replica=replica, outer_lr=0.8,
+                       outer_momentum=outer_momentum, nesterov=nesterov)
+        else:
+            hp = ReferenceHPSGD(model.parameters(), opt, sync_every=H, replica=replica, outer_lr=0.8,
+                                outer_momentum=outer_momentum, nesterov=nesterov)
+        train(model, opt, rank, steps)  # steps % H != 0: a partial final window
+        hp.synchronize()
+        results[impl] = flat_params(model)
+        hp.close()
+    gathered = [torch.empty_like(results["hpsgd"]) for _ in range(world)]
+    dist.all_gather(gathered, results["hpsgd"])
+    return {"max_diff": (results["hpsgd"] - results["reference"]).abs().max().item(),
+            "ranks_identical": all(torch.equal(gathered[0], g) for g in gathered),
+            "moved": (results["hpsgd"] - flat_params(make_model(seed=0))).abs().max().item()}
+
+
+def straggler_auto(rank, world, steps, replica):
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    link = hpsgd_ext.LinkModel(bandwidth=2e6, latency=0.01)
+    hp = HPSGD(model, opt, sync_every="auto", replica=replica, link=link, timeout=30)
+    t0 = time.monotonic()
+    # rank 0 is 3x slower per step than the others; they end up with longer windows
+    train(model, opt, rank, steps, slow=0.015 if rank == 0 else 0.005)
+    hp.synchronize()
+    out = flat_params(model)
+    gathered = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(gathered, out)
+    st = hp.stats()
+    hp.close()
+    return {"identical": all(torch.equal(gathered[0], g) for g in gathered), "stats": st,
+            "seconds": time.monotonic() - t0}
+
+
+def uneven_steps_auto(rank, world):
+    """Ranks take different numbers of steps before synchronize(): it must still
+    agree on the rounds and terminate."""
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hp = HPSGD(model, opt, sync_every="auto", timeout=30)
+    train(model, opt, rank, 5 + 7 * rank)
+    hp.synchronize()
+    train(model, opt, rank, 3 + rank)
+    hp.synchronize()
+    out = flat_params(model)
+    gathered = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(gathered, out)
+    return {"identical": all(torch.equal(gathered[0], g) for g in gathered), "stats": hp.stats()}
+
+
+def resume_bitwise(rank, world, H, total, cut):
+    def fresh():
+        model = make_model(seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hp = HPSGD(model, opt, sync_every=H, replica="keep", outer_momentum=0.5, timeout=30)
+        return model, opt, hp
+
+    model, opt, hp = fresh()
+    train(model, opt, rank, cut)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hpsgd": hp.state_dict()}, buf)
+    train(model, opt, rank, total - cut, start=cut)
+    hp.synchronize()
+    uninterrupted = flat_params(model)
+    hp.close()
+
+    model, opt, hp = fresh()
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    hp.load_state_dict(ck["hpsgd"])
+    train(model, opt, rank, total - cut, start=cut)
+    hp.synchronize()
+    resumed = flat_params(model)
+    hp.close()
+    return {"bitwise": torch.equal(uninterrupted, resumed),
+            "max_diff": (uninterrupted - resumed).abs().max().item()}
+
+
+def mismatched_model(rank, world):
+    model = make_model(seed=0, hidden=16 if rank == 0 else 17)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        HPSGD(model, opt, sync_every=2)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def mismatched_option(rank, world):
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        HPSGD(model, opt, sync_every=2, comm_dtype=torch.bfloat16 if rank == 1 else None)
+    except ValueError as e:
+        return str(e)
+    return None

@@ -1,0 +1,54 @@
+"""HPSGD across real Gloo ranks: equal to the plain torch.distributed reference,
+stragglers, uneven steps, bitwise resume, mismatches."""
+
+from __future__ import annotations
+
+import pytest
+
+import hook_workers as W
+from dist_utils import run_ranks, values
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("replica", ["keep", "reset"])
+@pytest.mark.parametrize("outer", [(0.0, False), (0.6, True)], ids=["plain", "nesterov"])
+def test_equals_reference(world, replica, outer):
+    for v in values(run_ranks(W.equals_reference, world, replica, 4, 23, outer[0], outer[1])):
+        assert v["max_diff"] <= 1e-6, v
+        assert v["ranks_identical"]
+        assert v["moved"] > 1e-3  # training happened
+
+
+@pytest.mark.parametrize("replica", ["keep", "reset"])
+def test_straggler_three_times_slower_auto(replica):
+    vals = values(run_ranks(W.straggler_auto, 3, 40, replica))
+    for v in vals:
+        assert v["identical"]
+        assert v["stats"]["local_steps"] == 40
+        assert v["stats"]["rounds"] >= 2
+    # the fast ranks took longer windows than the slow one
+    assert vals[1]["stats"]["steps_per_round"] >= vals[0]["stats"]["steps_per_round"]
+
+
+def test_uneven_steps_auto_synchronize_terminates():
+    for v in values(run_ranks(W.uneven_steps_auto, 3)):
+        assert v["identical"]
+        assert v["stats"]["synchronizations"] == 2
+
+
+def test_resume_from_checkpoint_is_bitwise():
+    for v in values(run_ranks(W.resume_bitwise, 2, 4, 22, 10)):
+        assert v["bitwise"], v
+
+
+def test_mismatched_model_raises_on_every_rank():
+    msgs = values(run_ranks(W.mismatched_model, 2))
+    assert all(m is not None and "expected the same model on every rank" in m for m in msgs), msgs
+    assert "rank 1" in msgs[0]
+
+
+def test_mismatched_option_raises_on_every_rank():
+    msgs = values(run_ranks(W.mismatched_option, 2))
+    assert all(m is not None and "comm_dtype" in m for m in msgs), msgs
