@@ -32,7 +32,8 @@ import torch.distributed as dist
 
 from . import _C
 
-__all__ = ["Communicator", "LinkModel", "Work", "CommError", "CommTimeoutError", "to_seconds"]
+__all__ = ["Communicator", "LinkModel", "Work", "CommError", "CommTimeoutError", "to_seconds",
+           "link_allreduce_hook", "held_by_link"]
 
 LinkModel = _C.LinkModel
 Work = _C.Work
@@ -159,3 +160,47 @@ class Communicator:
             return "<hpsgd_ext.Communicator closed>"
         return (f"<hpsgd_ext.Communicator {self._core.transport} rank {self._core.rank}/"
                 f"{self._core.world_size} on {self.device}>")
+
+
+def link_allreduce_hook(state, bucket):
+    """A DDP communication hook that applies the same :class:`LinkModel` emulation as
+    the Communicator: mean all-reduce of the bucket, completion held until the
+    modelled time. ``state`` is ``(link, process_group)``; register with
+    ``ddp_model.register_comm_hook((link, group), link_allreduce_hook)``."""
+    import time as _time
+
+    link, group = state
+    buf = bucket.buffer()
+    finish = link.reserve(buf.numel() * buf.element_size())
+    world = dist.get_world_size(group)
+    fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
+
+    def held(f):
+        delay = finish - _C.monotonic()
+        if delay > 0:
+            _time.sleep(delay)
+        return f.value()[0].div_(world)
+
+    return fut.then(held)
+
+
+class held_by_link:
+    """Context manager for a *blocking* collective of ``nbytes``: books the link on
+    entry (the collective's issue) and, on exit, blocks until the modelled finish.
+    A no-op when ``link`` is None."""
+
+    def __init__(self, link: Optional[LinkModel], nbytes: int):
+        self.link, self.nbytes, self.finish = link, nbytes, 0.0
+
+    def __enter__(self):
+        if self.link is not None:
+            self.finish = self.link.reserve(self.nbytes)
+        return self
+
+    def __exit__(self, *exc):
+        import time as _time
+
+        if self.link is not None:
+            delay = self.finish - _C.monotonic()
+            if delay > 0:
+                _time.sleep(delay)

@@ -1,0 +1,1 @@
+"""The main job: HPSGD, DDP and periodic model averaging side by side (hpsgd-train)."""

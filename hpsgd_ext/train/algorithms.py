@@ -1,0 +1,122 @@
+"""The algorithms the main job compares, each behind the same small interface and
+the same emulated link:
+
+* ``none``: no communication at all (each worker trains alone; the speed ceiling);
+* ``hpsgd`` / ``hpsgd-reset``: :class:`hpsgd_ext.HPSGD` with the keep / reset replica;
+* ``ddp``: torch DistributedDataParallel, a mean all-reduce of gradients every step
+  (through :func:`hpsgd_ext.comm.link_allreduce_hook`);
+* ``localsgd``: torch's ``PostLocalSGDOptimizer`` with a ``PeriodicModelAverager``:
+  blocking model averaging every H steps (the averaging held by the same link).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..comm import LinkModel, held_by_link, link_allreduce_hook
+from ..hook import HPSGD
+
+ALGORITHMS = ("none", "hpsgd", "hpsgd-reset", "ddp", "localsgd")
+
+
+class Algorithm:
+    """What the training loop needs: the module to call, the optimizer to step,
+    a way to make the evaluated model the global one, and counters."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def sync_for_eval(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class _HPSGD(Algorithm):
+    def __init__(self, model, optimizer, link, replica, cfg):
+        super().__init__(model, optimizer)
+        sync_every = cfg["sync_every"] if cfg["sync_every"] == "auto" else int(cfg["sync_every"])
+        self.hp = HPSGD(model, optimizer, sync_every=sync_every, replica=replica, link=link,
+                        comm_dtype=cfg.get("comm_dtype"), timeout=cfg["timeout"])
+
+    def sync_for_eval(self):
+        self.hp.synchronize()
+
+    def stats(self):
+        s = self.hp.stats()
+        return {k: s[k] for k in ("rounds", "local_steps", "steps_per_round", "exposed_seconds",
+                                  "comm_seconds", "bytes_reduced")}
+
+    def close(self):
+        self.hp.close()
+
+
+class _DDP(Algorithm):
+    def __init__(self, model, optimizer, link):
+        ddp = nn.parallel.DistributedDataParallel(model)
+        if link is not None:
+            ddp.register_comm_hook((link, dist.group.WORLD), link_allreduce_hook)
+        super().__init__(ddp, optimizer)
+
+
+class _LinkedAverager:
+    """Builds torch's PeriodicModelAverager, holding each averaging for the link."""
+
+    @staticmethod
+    def make(period: int, link: Optional[LinkModel]):
+        from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+
+        class Linked(PeriodicModelAverager):
+            def average_parameters(self, params):
+                params = list(params)
+                due = self.step >= self.warmup_steps and (self.step - self.warmup_steps) % self.period == 0
+                with held_by_link(link if due else None, _nbytes(params)):
+                    super().average_parameters(params)
+
+        return Linked(period=period, warmup_steps=0)
+
+
+def _nbytes(params) -> int:
+    """Bytes of parameters given as tensors or as optimizer param groups."""
+    total = 0
+    for p in params:
+        for t in (p["params"] if isinstance(p, dict) else [p]):
+            total += t.numel() * t.element_size()
+    return total
+
+
+class _LocalSGD(Algorithm):
+    def __init__(self, model, optimizer, link, period):
+        from torch.distributed.optim import PostLocalSGDOptimizer
+
+        self.averager = _LinkedAverager.make(period, link)
+        self.link = link
+        super().__init__(model, PostLocalSGDOptimizer(optim=optimizer, averager=self.averager))
+
+    def sync_for_eval(self):
+        from torch.distributed.algorithms.model_averaging.utils import average_parameters
+
+        params = list(self.model.parameters())
+        with held_by_link(self.link, _nbytes(params)):
+            average_parameters(iter(params), dist.group.WORLD)
+
+
+def make_algorithm(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   link: Optional[LinkModel], cfg: dict) -> Algorithm:
+    if name == "none":
+        return Algorithm(model, optimizer)
+    if name in ("hpsgd", "hpsgd-reset"):
+        return _HPSGD(model, optimizer, link, "keep" if name == "hpsgd" else "reset", cfg)
+    if name == "ddp":
+        return _DDP(model, optimizer, link)
+    if name == "localsgd":
+        return _LocalSGD(model, optimizer, link, int(cfg["period"]))
+    raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")

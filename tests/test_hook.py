@@ -1,0 +1,200 @@
+"""HPSGD on one rank (a world of one over Gloo, in this process): arguments, the
+hook's accounting, and the training-loop features it must coexist with."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import hpsgd_ext
+from hpsgd_ext import HPSGD
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world_of_one():
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def model_opt(seed=0, bn=False):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 10)] + ([nn.BatchNorm1d(10)] if bn else []) + [nn.ReLU(), nn.Linear(10, 2)]
+    m = nn.Sequential(*layers)
+    return m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+
+
+def step(m, opt, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(8, 6, generator=g), torch.randint(0, 2, (8,), generator=g)
+    opt.zero_grad()
+    nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"sync_every": 0}, ValueError, "sync_every is 0"),
+    ({"sync_every": "often"}, ValueError, "sync_every is 'often'"),
+    ({"replica": "merge"}, ValueError, "replica is 'merge'"),
+    ({"comm_dtype": torch.int8}, TypeError, "comm_dtype"),
+    ({"outer_momentum": 1.0}, ValueError, "outer_momentum"),
+    ({"nesterov": True}, ValueError, "nesterov=True needs outer_momentum"),
+    ({"outer_lr": float("nan")}, ValueError, "outer_lr"),
+    ({"timeout": -1}, ValueError, "timeout"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    m, opt = model_opt()
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(exc, match=match):
+        HPSGD(m, opt, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert not opt._optimizer_step_post_hooks  # no hook left behind
+
+
+def test_bad_model_arguments():
+    m, opt = model_opt()
+    with pytest.raises(TypeError, match="optimizer"):
+        HPSGD(m, "sgd")
+    with pytest.raises(TypeError, match=r"model_or_params\[0\]"):
+        HPSGD(["w"], opt)
+    frozen = nn.Linear(3, 3).requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to synchronise"):
+        HPSGD(frozen, opt)
+    with pytest.raises(TypeError, match="dtype torch.float64"):
+        HPSGD(nn.Linear(3, 3).double(), opt)
+
+
+def test_fixed_window_counts_and_stats():
+    m, opt = model_opt()
+    with HPSGD(m, opt, sync_every=3) as hp:
+        for s in range(10):
+            step(m, opt, s)
+        st = hp.stats()
+        assert (st["local_steps"], st["rounds"]) == (10, 3)
+        assert st["steps_per_round"] == pytest.approx(10 / 3)
+        hp.synchronize()
+        st = hp.stats()
+        assert st["rounds"] == 4 and st["synchronizations"] == 1
+        n = sum(p.numel() for p in m.parameters())
+        assert st["bytes_reduced"] == 4 * n * 4
+        assert st["comm"]["issued"] == 4 and st["comm"]["completed"] == 4
+    assert not opt._optimizer_step_post_hooks  # close() removed the hook
+
+
+def test_frozen_parameters_left_alone_and_buffers_synced():
+    m, opt = model_opt(bn=True)
+    m[0].weight.requires_grad_(False)
+    hp = HPSGD(m, opt, sync_every=2)
+    names = [n for g in hp.groups for n in g.names]
+    assert "0.weight" not in names
+    assert "1.running_mean" in names and "1.num_batches_tracked" not in names
+    frozen = m[0].weight.detach().clone()
+    for s in range(5):
+        step(m, opt, s)
+    hp.synchronize()
+    assert torch.equal(m[0].weight, frozen)
+    hp.close()
+
+
+def test_single_rank_keep_equals_plain_training_after_synchronize():
+    """With one rank the mean change is one's own: keep-rule HPSGD must end where
+    plain training ends (every change applied exactly once)."""
+    m1, o1 = model_opt()
+    m2, o2 = model_opt()
+    hp = HPSGD(m1, o1, sync_every=3, replica="keep")
+    for s in range(11):
+        step(m1, o1, s)
+        step(m2, o2, s)
+    hp.synchronize()
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    hp.close()
+
+
+def test_gradscaler_skipped_step_is_not_a_local_step():
+    m, opt = model_opt()
+    hp = HPSGD(m, opt, sync_every=100)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x = torch.randn(4, 6)
+    loss = m(x).sum() * float("inf")  # non-finite gradients: the step is skipped
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert hp.stats()["local_steps"] == 0
+    opt.zero_grad()
+    scaler.scale(m(x).sum()).backward()
+    scaler.step(opt)
+    assert hp.stats()["local_steps"] == 1
+    hp.close()
+
+
+@pytest.mark.parametrize("opt_cls", ["adamw_foreach", "adamw_fused", "adam"])
+def test_works_with_adam_clipping_scheduler_and_accumulation(opt_cls):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 2))
+    opt = {"adamw_foreach": lambda p: torch.optim.AdamW(p, lr=1e-2, foreach=True),
+           "adamw_fused": lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True),
+           "adam": lambda p: torch.optim.Adam(p, lr=1e-2)}[opt_cls](m.parameters())
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    hp = HPSGD(m, opt, sync_every=2, comm_dtype=torch.bfloat16)
+    for s in range(6):
+        for micro in range(2):  # gradient accumulation: one step per two micro-batches
+            m(torch.randn(4, 6)).pow(2).mean().backward()
+        nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    hp.synchronize()
+    assert hp.stats()["local_steps"] == 6 and hp.stats()["rounds"] == 4
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    hp.close()
+
+
+def test_compiled_model_and_bf16_autocast():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 2))
+    cm = torch.compile(m, backend="eager")
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    hp = HPSGD(cm, opt, sync_every=2)
+    assert len([n for g in hp.groups for n in g.names]) == 4
+    for s in range(4):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = cm(torch.randn(4, 6)).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    hp.synchronize()
+    assert hp.stats()["rounds"] == 3
+    hp.close()
+
+
+def test_auto_mode_single_rank_ends_a_window_every_step_once_reduced():
+    m, opt = model_opt()
+    hp = HPSGD(m, opt)  # sync_every="auto"
+    for s in range(5):
+        step(m, opt, s)
+    st = hp.stats()
+    assert st["rounds"] >= 1 and st["local_steps"] == 5
+    hp.synchronize()
+    hp.close()
+
+
+def test_state_dict_loads_weights_only_and_rejects_foreign(tmp_path):
+    m, opt = model_opt()
+    hp = HPSGD(m, opt, sync_every=2, outer_momentum=0.5)
+    for s in range(3):
+        step(m, opt, s)
+    path = tmp_path / "hp.pt"
+    torch.save(hp.state_dict(), path)
+    sd = torch.load(path, weights_only=True)
+    assert sd["pending"] and sd["counters"]["local_steps"] == 3
+    hp.load_state_dict(sd)
+    with pytest.raises(ValueError, match="not an HPSGD state"):
+        hp.load_state_dict({"foo": 1})
+    other = dict(sd, options=dict(sd["options"], replica="reset"))
+    with pytest.raises(ValueError, match="saved with options"):
+        hp.load_state_dict(other)
+    hp.close()
