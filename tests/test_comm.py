@@ -15,14 +15,6 @@ import hpsgd_ext
 from hpsgd_ext import Communicator, LinkModel
 
 
-@pytest.fixture(scope="module")
-def world_of_one():
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
-
-
 def test_requires_initialized_group():
     if dist.is_initialized():
         pytest.skip("a default group exists in this process")

@@ -15,15 +15,7 @@ from hpsgd_ext import Communicator, LinkModel
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not hpsgd_ext.built_with_nccl(), reason="no NCCL in this build")]
 
 
-@pytest.fixture(scope="module")
-def group():
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
-
-
-def test_nccl_result_and_telemetry(group):
+def test_nccl_result_and_telemetry(world_of_one):
     comm = Communicator(device="cuda", timeout=30)
     assert comm.transport == "nccl"
     for dt in (torch.float32, torch.bfloat16, torch.float16):
@@ -35,7 +27,7 @@ def test_nccl_result_and_telemetry(group):
         assert w.device_seconds >= 0
 
 
-def test_compute_stream_not_blocked_by_long_collective(group):
+def test_compute_stream_not_blocked_by_long_collective(world_of_one):
     # 1 GB/s emulated: 256 MB holds the comm stream ~0.27 s.
     comm = Communicator(device="cuda", timeout=30, link=LinkModel(bandwidth=1e9, latency=0.0))
     x = torch.ones(64 * 2**20, device="cuda")
@@ -54,7 +46,7 @@ def test_compute_stream_not_blocked_by_long_collective(group):
     assert work.device_seconds >= 0.25
 
 
-def test_synchronize_stream_orders_consumer(group):
+def test_synchronize_stream_orders_consumer(world_of_one):
     comm = Communicator(device="cuda", timeout=30, link=LinkModel(bandwidth=2e9, latency=0.05))
     x = torch.full((8 * 2**20,), 3.0, device="cuda")
     work = comm.all_reduce_async(x)
@@ -66,7 +58,7 @@ def test_synchronize_stream_orders_consumer(group):
     assert torch.equal(y, torch.full_like(x, 6.0))
 
 
-def test_link_emulation_delays_completion(group):
+def test_link_emulation_delays_completion(world_of_one):
     link = LinkModel(bandwidth=1e9, latency=0.02)
     comm = Communicator(device="cuda", timeout=30, link=link)
     x = torch.ones(25 * 2**20, device="cuda")  # 100 MB: 0.12 s modelled
@@ -79,13 +71,13 @@ def test_link_emulation_delays_completion(group):
     assert w.device_seconds >= link.duration(x.numel() * 4) * 0.95
 
 
-def test_wrong_device_buffer_rejected(group):
+def test_wrong_device_buffer_rejected(world_of_one):
     comm = Communicator(device="cuda", timeout=30)
     with pytest.raises(ValueError, match="flat is on cpu"):
         comm.all_reduce_async(torch.ones(3))
 
 
-def test_buffer_freed_while_in_flight_on_gpu(group):
+def test_buffer_freed_while_in_flight_on_gpu(world_of_one):
     comm = Communicator(device="cuda", timeout=30, link=LinkModel(bandwidth=1e9, latency=0.0))
     w = comm.all_reduce_async(torch.ones(32 * 2**20, device="cuda"))
     z = torch.zeros(32 * 2**20, device="cuda")  # must not reuse the in-flight memory

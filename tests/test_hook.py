@@ -12,12 +12,7 @@ import hpsgd_ext
 from hpsgd_ext import HPSGD
 
 
-@pytest.fixture(scope="module", autouse=True)
-def world_of_one():
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+pytestmark = pytest.mark.usefixtures("world_of_one")
 
 
 def model_opt(seed=0, bn=False):

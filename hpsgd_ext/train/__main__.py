@@ -16,8 +16,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 from .algorithms import ALGORITHMS
 
 
@@ -32,6 +30,9 @@ def parse(argv=None) -> dict:
     ap.add_argument("--bandwidth-mbit", type=float, default=20.0,
                     help="emulated link bandwidth in Mbit/s, applied to every algorithm (0: no emulation)")
     ap.add_argument("--latency-ms", type=float, default=2.0, help="emulated link latency")
+    ap.add_argument("--network", choices=["emulated", "netns", "loopback"], default="emulated",
+                    help="emulated: the link model on loopback; netns: real links between network "
+                         "namespaces shaped by tc tbf at --bandwidth-mbit (Linux, root); loopback: no limit")
     ap.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
     ap.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
     ap.add_argument("--batch", type=int, default=32)
@@ -56,13 +57,16 @@ def parse(argv=None) -> dict:
         ap.error("--sync-every must be 'auto' or a positive integer")
     cfg = vars(a)
     cfg["algo"] = algos
-    cfg["comm_dtype"] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[a.comm_dtype]
     cfg["backend"] = "nccl" if a.device == "cuda" else "gloo"
+    if a.network == "netns":
+        from .netns import available
+
+        why = available()
+        if why:
+            ap.error(f"--network netns {why}")
+        if not a.bandwidth_mbit:
+            ap.error("--network netns needs --bandwidth-mbit > 0 (the shaped rate)")
     return cfg
-
-
-def _printable(cfg: dict) -> dict:
-    return {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in cfg.items()}
 
 
 def main(argv=None) -> int:
@@ -72,7 +76,11 @@ def main(argv=None) -> int:
 
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
     runs = []
-    if under_torchrun:
+    if cfg["network"] == "netns" and not under_torchrun:
+        from .netns_launch import run_in_namespaces
+
+        runs = run_in_namespaces(cfg)
+    elif under_torchrun:
         cfg["workers"] = int(os.environ["WORLD_SIZE"])
         for algo in cfg["algo"]:
             res = run_algorithm(cfg, algo)
@@ -89,7 +97,7 @@ def main(argv=None) -> int:
         for algo in cfg["algo"]:
             results = run_local(run_algorithm, cfg["workers"], cfg, algo)
             runs.append(results[0])
-    out = report.write(runs, _printable(cfg), cfg["out"])
+    out = report.write(runs, cfg, cfg["out"])
     print(out["table"])
     print(f"wrote {out['dir']}/results.json, summary.txt, accuracy_vs_time.png")
     return 0

@@ -6,7 +6,12 @@ the same emulated link:
 * ``ddp``: torch DistributedDataParallel, a mean all-reduce of gradients every step
   (through :func:`hpsgd_ext.comm.link_allreduce_hook`);
 * ``localsgd``: torch's ``PostLocalSGDOptimizer`` with a ``PeriodicModelAverager``:
-  blocking model averaging every H steps (the averaging held by the same link).
+  blocking model averaging every H steps (the averaging held by the same link);
+* ``hpsgd-ref``: :class:`hpsgd_ext.reference.ReferenceHPSGD`, the same algorithm with a
+  fixed window in plain torch.distributed (no fused op, no communicator);
+* ``ceiling``: no synchronisation, while a background thread streams back-to-back
+  all-reduces of a model-sized buffer: the speed compute keeps while the transport runs
+  (on CPU, Gloo's own CPU cost sets it).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import nn
 from ..comm import LinkModel, held_by_link, link_allreduce_hook
 from ..hook import HPSGD
 
-ALGORITHMS = ("none", "hpsgd", "hpsgd-reset", "ddp", "localsgd")
+ALGORITHMS = ("none", "hpsgd", "hpsgd-reset", "ddp", "localsgd", "hpsgd-ref", "ceiling")
 
 
 class Algorithm:
@@ -45,7 +50,7 @@ class _HPSGD(Algorithm):
         super().__init__(model, optimizer)
         sync_every = cfg["sync_every"] if cfg["sync_every"] == "auto" else int(cfg["sync_every"])
         self.hp = HPSGD(model, optimizer, sync_every=sync_every, replica=replica, link=link,
-                        comm_dtype=cfg.get("comm_dtype"), timeout=cfg["timeout"])
+                        comm_dtype=COMM_DTYPES[cfg["comm_dtype"]], timeout=cfg["timeout"])
 
     def sync_for_eval(self):
         self.hp.synchronize()
@@ -109,6 +114,56 @@ class _LocalSGD(Algorithm):
             average_parameters(iter(params), dist.group.WORLD)
 
 
+COMM_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Reference(Algorithm):
+    def __init__(self, model, optimizer, cfg):
+        from ..reference import ReferenceHPSGD
+
+        super().__init__(model, optimizer)
+        window = int(cfg["sync_every"]) if cfg["sync_every"] != "auto" else int(cfg["period"])
+        self.ref = ReferenceHPSGD(model.parameters(), optimizer, sync_every=window, replica="keep",
+                                  comm_dtype=COMM_DTYPES[cfg["comm_dtype"]])
+
+    def sync_for_eval(self):
+        self.ref.synchronize()
+
+    def close(self):
+        self.ref.close()
+
+
+class _Ceiling(Algorithm):
+    """Train alone while a thread streams all-reduces; every rank stops at the same
+    collective (the last element carries a stop vote)."""
+
+    def __init__(self, model, optimizer):
+        import threading
+
+        super().__init__(model, optimizer)
+        n = sum(p.numel() for p in model.parameters())
+        self.buf = torch.zeros(n + 1, device=next(model.parameters()).device)
+        self.group = dist.new_group(backend="gloo" if self.buf.device.type == "cpu" else None)
+        self.stop, self.count = threading.Event(), 0
+        self.thread = threading.Thread(target=self._stream, daemon=True)
+        self.thread.start()
+
+    def _stream(self):
+        while True:
+            self.buf[-1] = 1.0 if self.stop.is_set() else 0.0
+            dist.all_reduce(self.buf, group=self.group)
+            self.count += 1
+            if self.buf[-1].item() > 0:
+                return
+
+    def stats(self):
+        return {"background_allreduces": self.count}
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
 def make_algorithm(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                    link: Optional[LinkModel], cfg: dict) -> Algorithm:
     if name == "none":
@@ -119,4 +174,8 @@ def make_algorithm(name: str, model: nn.Module, optimizer: torch.optim.Optimizer
         return _DDP(model, optimizer, link)
     if name == "localsgd":
         return _LocalSGD(model, optimizer, link, int(cfg["period"]))
+    if name == "hpsgd-ref":
+        return _Reference(model, optimizer, cfg)
+    if name == "ceiling":
+        return _Ceiling(model, optimizer)
     raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")

@@ -39,7 +39,8 @@ def run_algorithm(cfg: dict, algo: str) -> dict:
     torch.manual_seed(cfg["seed"])
     model = MODELS[cfg["model"]](data.x_train.shape[1], data.classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
-    link = LinkModel(cfg["bandwidth_mbit"] * 1e6 / 8, cfg["latency_ms"] / 1e3) if cfg["bandwidth_mbit"] else None
+    emulate = cfg["network"] == "emulated" and cfg["bandwidth_mbit"]
+    link = LinkModel(cfg["bandwidth_mbit"] * 1e6 / 8, cfg["latency_ms"] / 1e3) if emulate else None
     alg = make_algorithm(algo, model, opt, link, cfg)
     ctrl = dist.new_group(backend="gloo")  # stop decisions: tiny, not link-emulated
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] * 1000 + rank)

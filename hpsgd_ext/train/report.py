@@ -18,6 +18,7 @@ def exposed_percent(run: dict, baseline: dict | None) -> float | None:
 
 def table(runs: list[dict]) -> str:
     base = next((r for r in runs if r["algo"] == "none"), None)
+    ceiling = next((r for r in runs if r["algo"] == "ceiling"), None)
     head = f"{'algorithm':12} {'final acc':>9} {'best acc':>8} {'steps':>7} {'steps/s':>8} {'vs none':>7} {'exposed':>8} {'rounds':>7}"
     lines = [head, "-" * len(head)]
     for r in runs:
@@ -26,6 +27,9 @@ def table(runs: list[dict]) -> str:
         rounds = r["stats"].get("rounds", "-")
         lines.append(f"{r['algo']:12} {r['final_acc']:9.4f} {r['best_acc']:8.4f} {r['steps']:7d} "
                      f"{r['steps_per_s']:8.1f} {rel:>7} {('-' if ex is None else f'{ex:6.1f}%'):>8} {rounds!s:>7}")
+    if ceiling is not None:
+        lines.append(f"ceiling: compute alone while the transport streams all-reduces keeps "
+                     f"{ceiling['steps_per_s']:.1f} steps/s")
     return "\n".join(lines)
 
 
@@ -50,8 +54,12 @@ def plot(runs: list[dict], cfg: dict, path: str) -> None:
         xs = [c["seconds"] for c in r["curve"]]
         ys = [c["acc"] for c in r["curve"]]
         ax.plot(xs, ys, marker="o", ms=3, label=f"{r['algo']} ({r['steps_per_s']:.0f} steps/s)")
-    link = (f"{cfg['bandwidth_mbit']:g} Mbit/s, {cfg['latency_ms']:g} ms emulated link"
-            if cfg["bandwidth_mbit"] else "loopback")
+    if cfg["network"] == "netns":
+        link = f"{cfg['bandwidth_mbit']:g} Mbit/s tbf-shaped links"
+    elif cfg["network"] == "emulated" and cfg["bandwidth_mbit"]:
+        link = f"{cfg['bandwidth_mbit']:g} Mbit/s, {cfg['latency_ms']:g} ms emulated link"
+    else:
+        link = "loopback"
     ax.set_title(f"{cfg['dataset']} / {cfg['model']}, {cfg['workers']} workers, {link}")
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test accuracy")
