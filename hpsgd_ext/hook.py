@@ -269,7 +269,7 @@ class HPSGD:
             self._boundary()
 
     @torch.no_grad()
-    def _boundary(self, *, final: bool = False) -> None:
+    def _boundary(self) -> None:
         """End the current window: merge the previous round, start this one."""
         with torch.profiler.record_function("hpsgd.boundary"):
             t0 = time.perf_counter()

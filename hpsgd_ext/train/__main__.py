@@ -41,7 +41,7 @@ def parse(argv=None) -> dict:
     ap.add_argument("--sync-every", default="auto", help="HPSGD window: 'auto' or a number of steps")
     ap.add_argument("--comm-dtype", choices=["none", "bf16", "fp16"], default="none")
     ap.add_argument("--period", type=int, default=16, help="local SGD averaging period (steps)")
-    ap.add_argument("--evals", type=int, default=10, help="evaluations per run")
+    ap.add_argument("--evals", type=int, default=5, help="evaluations per run (each synchronises first)")
     ap.add_argument("--check-every", type=int, default=50, help="steps between the ranks' clock agreement")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--timeout", type=float, default=120.0)

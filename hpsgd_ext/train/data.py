@@ -36,7 +36,7 @@ def digits(seed: int = 0) -> Dataset:
     return Dataset(x[n_test:], y[n_test:], x[:n_test], y[:n_test], 10, "digits")
 
 
-def synthetic(n: int = 20000, dim: int = 64, classes: int = 10, seed: int = 0) -> Dataset:
+def synthetic(n: int = 200_000, dim: int = 64, classes: int = 10, seed: int = 0) -> Dataset:
     """Labels from a fixed random two-layer teacher: learnable, not trivial."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=g)
