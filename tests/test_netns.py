@@ -4,6 +4,7 @@ where network namespaces cannot be made (not Linux, not root, no iproute2)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -35,11 +36,9 @@ def test_shaped_network_is_set_up_and_removed(can_shape):
         qdisc = subprocess.run(net.exec_prefix(0) + ["tc", "qdisc", "show", "dev", "eth0"],
                                capture_output=True, text=True).stdout
         assert "tbf" in qdisc and "50Mbit" in qdisc
-        ping = subprocess.run(net.exec_prefix(0) + ["ping", "-c", "1", "-W", "2", net.address(1)],
-                              capture_output=True, text=True)
-        if ping.returncode != 0 and "not found" in (ping.stderr + ping.stdout):
-            pass  # no ping binary: the main-job test below crosses the link anyway
-        else:
+        if shutil.which("ping"):  # else the main-job test below crosses the link anyway
+            ping = subprocess.run(net.exec_prefix(0) + ["ping", "-c", "1", "-W", "2", net.address(1)],
+                                  capture_output=True, text=True)
             assert ping.returncode == 0, ping.stdout + ping.stderr
     assert not _listed(net.ns(0)) and not _listed(net.ns(1))
 
