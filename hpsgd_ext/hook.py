@@ -28,6 +28,15 @@ Why ranks of different speeds cannot deadlock or mismatch collectives:
 With ``sync_every=H`` a boundary follows every H local steps and waits for the
 previous round if it is still in flight (the time is counted as exposed); every
 rank must then take the same number of steps between ``synchronize()`` calls.
+
+Non-finite rounds: the reduced mean is bitwise the same on every rank, so when it
+holds a NaN or Inf (one rank diverged) every rank sees it and does the same thing:
+that round is not merged, the window in progress is discarded (the replica returns
+to the global model and a zero delta is sent, since it may carry the same poison),
+a RuntimeWarning is issued and ``stats()["skipped_rounds"]`` counts it. After
+``max_bad_rounds`` consecutive bad rounds every rank raises FloatingPointError.
+``check_finite=False`` turns the check (one read of the reduced buffer per round;
+on CUDA a wait for the reduction at the boundary) off.
 """
 
 from __future__ import annotations
@@ -69,6 +78,16 @@ class _Group:
         self.numel = sum(t.numel() for t in self.live)
 
 
+def _all_finite(flat: torch.Tensor) -> bool:
+    """One vectorised read, no temporary: min and max propagate NaN and reach +-Inf,
+    so both are finite exactly when every element is. (isfinite().all() builds a
+    mask as large as the buffer and costs about 20x more.)"""
+    if flat.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(flat)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 class _Done:
     """A reduction that is already complete (restored from a checkpoint)."""
     def is_completed(self) -> bool:
@@ -100,6 +119,8 @@ class HPSGD:
         sync_buffers: average floating buffers (BatchNorm statistics) every round.
         timeout: deadline of every collective and wait.
         link: optional :class:`~hpsgd_ext.LinkModel` (link emulation, benchmarks).
+        check_finite: skip rounds whose averaged change is not finite (see above).
+        max_bad_rounds: consecutive skipped rounds before FloatingPointError.
     """
 
     def __init__(self, model_or_params: Union[nn.Module, Iterable[torch.Tensor]],
@@ -108,7 +129,7 @@ class HPSGD:
                  comm_dtype: Optional[torch.dtype] = None, outer_lr: float = 1.0,
                  outer_momentum: float = 0.0, nesterov: bool = False, sync_buffers: bool = True,
                  timeout: Union[_dt.timedelta, float] = _dt.timedelta(minutes=5),
-                 link: Optional[LinkModel] = None):
+                 link: Optional[LinkModel] = None, check_finite: bool = True, max_bad_rounds: int = 3):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"HPSGD: optimizer is {type(optimizer).__name__}; expected a torch.optim.Optimizer")
         if sync_every != "auto" and not (isinstance(sync_every, int) and not isinstance(sync_every, bool)
@@ -125,6 +146,8 @@ class HPSGD:
             raise ValueError(f"HPSGD: outer_momentum is {outer_momentum!r}; expected 0 <= momentum < 1")
         if nesterov and outer_momentum == 0.0:
             raise ValueError("HPSGD: nesterov=True needs outer_momentum > 0")
+        if isinstance(max_bad_rounds, bool) or not isinstance(max_bad_rounds, int) or max_bad_rounds < 1:
+            raise ValueError(f"HPSGD: max_bad_rounds is {max_bad_rounds!r}; expected an int >= 1")
         if process_group is None:
             if not dist.is_initialized():
                 raise RuntimeError("HPSGD: torch.distributed is not initialized; call "
@@ -136,6 +159,7 @@ class HPSGD:
         self.comm_dtype = comm_dtype
         self.outer_lr, self.outer_momentum, self.nesterov = float(outer_lr), float(outer_momentum), bool(nesterov)
         self.sync_buffers = bool(sync_buffers)
+        self.check_finite, self.max_bad_rounds = bool(check_finite), max_bad_rounds
         self.timeout = to_seconds(timeout, "timeout")
         self.optimizer = optimizer
         self.rank = dist.get_rank(process_group)
@@ -158,8 +182,10 @@ class HPSGD:
         self._pending: Optional[list] = None   # the round in flight (one Work per group)
         self._fill = 0                         # index of the flat buffer the next round fills
         self._steps_in_window = 0
+        self._zero_round_in_flight = False  # the round in flight is the zero one sent after a discard
         self._stats = {"rounds": 0, "local_steps": 0, "exposed_seconds": 0.0, "boundary_seconds": 0.0,
-                       "comm_seconds": 0.0, "bytes_reduced": 0, "catch_up_rounds": 0, "synchronizations": 0}
+                       "comm_seconds": 0.0, "bytes_reduced": 0, "catch_up_rounds": 0, "synchronizations": 0,
+                       "skipped_rounds": 0, "consecutive_bad_rounds": 0}
         self._handle = optimizer.register_step_post_hook(self._on_step)
 
     # --- construction helpers --------------------------------------------------------
@@ -192,7 +218,8 @@ class HPSGD:
     def _options(self) -> dict:
         return {"sync_every": self.sync_every, "replica": self.replica, "comm_dtype": str(self.comm_dtype),
                 "outer_lr": self.outer_lr, "outer_momentum": self.outer_momentum, "nesterov": self.nesterov,
-                "sync_buffers": self.sync_buffers, "world_size": self.world_size}
+                "sync_buffers": self.sync_buffers, "check_finite": self.check_finite,
+                "max_bad_rounds": self.max_bad_rounds, "world_size": self.world_size}
 
     def _check_same_everywhere(self, named) -> None:
         """Every rank compares every rank's layout and options with rank 0's and
@@ -277,13 +304,20 @@ class HPSGD:
                 self._await(self._pending)
             exposed = time.perf_counter() - t0
             prev, fill = 1 - self._fill, self._fill
+            merge = self._pending is not None and self._round_is_finite(prev)
+            discard = self._pending is not None and not merge
             works = []
             for g in self.groups:
-                ops.round_step(g.live, g.anchors, g.flats[prev] if self._pending is not None else None,
-                               g.flats[fill], lr=g.lr, momentum_buffers=g.momenta, momentum=g.momentum,
-                               nesterov=g.nesterov, sent=g.sent)
+                ops.round_step(g.live, g.anchors, g.flats[prev] if merge else None, g.flats[fill],
+                               lr=g.lr, momentum_buffers=g.momenta, momentum=g.momentum,
+                               nesterov=g.nesterov, sent=None if discard else g.sent)
+                if discard:  # the replica is back at the global model; send no change
+                    g.flats[fill].zero_()
+                    if g.sent is not None:
+                        g.sent.zero_()
                 works.append(self.comm.all_reduce_async(g.flats[fill]))
                 self._stats["bytes_reduced"] += g.flats[fill].numel() * g.flats[fill].element_size()
+            self._zero_round_in_flight = discard
             self._account(self._pending)
             self._pending = works
             self._fill = prev
@@ -291,6 +325,32 @@ class HPSGD:
             self._stats["rounds"] += 1
             self._stats["exposed_seconds"] += exposed
             self._stats["boundary_seconds"] += time.perf_counter() - t0
+
+    def _round_is_finite(self, prev: int) -> bool:
+        """Is the finished round's averaged change finite? The same answer on every
+        rank (the reduced buffer is identical everywhere). Warns, counts, and raises
+        after max_bad_rounds consecutive bad rounds."""
+        if not self.check_finite:
+            return True
+        finite = all(_all_finite(g.flats[prev]) for g in self.groups)
+        if finite:
+            # The zero round sent after a discard proves nothing about the replicas:
+            # only a round that carried real changes ends a streak of bad ones.
+            if not self._zero_round_in_flight:
+                self._stats["consecutive_bad_rounds"] = 0
+            self._zero_round_in_flight = False
+            return True
+        self._stats["skipped_rounds"] += 1
+        self._stats["consecutive_bad_rounds"] += 1
+        bad = self._stats["consecutive_bad_rounds"]
+        if bad >= self.max_bad_rounds:
+            raise FloatingPointError(
+                f"HPSGD: {bad} consecutive rounds had a non-finite averaged change (NaN/Inf) on "
+                f"rank {self.rank}; a replica diverges every window (max_bad_rounds={self.max_bad_rounds})")
+        warnings.warn(f"HPSGD: round {self._stats['rounds'] - 1} had a non-finite averaged change; "
+                      "it was not merged and every replica restarts from the global model",
+                      RuntimeWarning, stacklevel=3)
+        return False
 
     def _await(self, works) -> None:
         for w in works:
@@ -326,10 +386,11 @@ class HPSGD:
             self._stats["exposed_seconds"] += time.perf_counter() - t0
             self._account(self._pending)
             last, scratch = 1 - self._fill, self._fill
+            merge = self._round_is_finite(last)
             for g in self.groups:
                 # Merge the final round; no `sent`: the replica becomes the global model.
-                ops.round_step(g.live, g.anchors, g.flats[last], g.flats[scratch], lr=g.lr,
-                               momentum_buffers=g.momenta, momentum=g.momentum, nesterov=g.nesterov)
+                ops.round_step(g.live, g.anchors, g.flats[last] if merge else None, g.flats[scratch],
+                               lr=g.lr, momentum_buffers=g.momenta, momentum=g.momentum, nesterov=g.nesterov)
                 if g.sent is not None:
                     g.sent.zero_()
             self._pending = None

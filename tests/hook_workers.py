@@ -146,3 +146,35 @@ def mismatched_option(rank, world):
     except ValueError as e:
         return str(e)
     return None
+
+
+def nan_on_one_rank(rank, world, momentum, check_finite):
+    """Rank 1 writes a NaN into its replica once, after its 5th step."""
+    import warnings
+
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    hp = HPSGD(model, opt, sync_every=2, timeout=30, check_finite=check_finite, max_bad_rounds=3)
+    loss_fn = nn.CrossEntropyLoss()
+    raised = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            for s in range(14):
+                x, y = batch(rank, s)
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+                if rank == 1 and s == 4:
+                    with torch.no_grad():
+                        model[0].weight[0, 0] = float("nan")
+            hp.synchronize()
+        except FloatingPointError as e:
+            raised = str(e)
+    out = flat_params(model)
+    gathered = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(gathered, out)
+    return {"raised": raised, "finite": bool(torch.isfinite(out).all()),
+            "identical": all(torch.equal(gathered[0], g) for g in gathered),
+            "skipped": hp.stats()["skipped_rounds"],
+            "warned": any("non-finite" in str(w.message) for w in caught)}

@@ -39,6 +39,7 @@ def step(m, opt, seed):
     ({"nesterov": True}, ValueError, "nesterov=True needs outer_momentum"),
     ({"outer_lr": float("nan")}, ValueError, "outer_lr"),
     ({"timeout": -1}, ValueError, "timeout"),
+    ({"max_bad_rounds": 0}, ValueError, "max_bad_rounds"),
 ])
 def test_bad_arguments(kwargs, exc, match):
     m, opt = model_opt()

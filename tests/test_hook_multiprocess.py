@@ -52,3 +52,21 @@ def test_mismatched_model_raises_on_every_rank():
 def test_mismatched_option_raises_on_every_rank():
     msgs = values(run_ranks(W.mismatched_option, 2))
     assert all(m is not None and "comm_dtype" in m for m in msgs), msgs
+
+
+def test_nan_in_one_rank_does_not_poison_the_global_model():
+    for v in values(run_ranks(W.nan_on_one_rank, 2, 0.0, True)):
+        assert v["raised"] is None
+        assert v["finite"] and v["identical"]
+        assert v["skipped"] == 1 and v["warned"]
+
+
+def test_persistent_nan_raises_on_every_rank():
+    # momentum keeps the NaN in rank 1's optimizer state: every later window is bad
+    for v in values(run_ranks(W.nan_on_one_rank, 2, 0.9, True)):
+        assert v["raised"] is not None and "3 consecutive rounds" in v["raised"]
+
+
+def test_without_the_check_the_nan_spreads():
+    for v in values(run_ranks(W.nan_on_one_rank, 2, 0.0, False)):
+        assert v["raised"] is None and not v["finite"] and v["skipped"] == 0

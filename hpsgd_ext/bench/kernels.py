@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .. import ops
+from ..hook import _all_finite
 from .timing import time_fn
 
 
@@ -116,6 +117,8 @@ def run(total: int = 50_000_000, device: str = "cpu", dtypes=((torch.float32, to
         nbytes = min_bytes(c)
         tf = time_fn(fused(c), device, reps=reps)
         te = time_fn(eager(c), device, reps=reps)
+        # HPSGD's per-round finiteness check (check_finite=True) reads `reduced` once.
+        tchk = time_fn(lambda: _all_finite(c.reduced), device, reps=reps)
         ceil = copy_ceiling(nbytes, device)
         gbps = nbytes / tf["median_s"] / 1e9
         rows.append({
@@ -125,17 +128,19 @@ def run(total: int = 50_000_000, device: str = "cpu", dtypes=((torch.float32, to
             "fused_GBps": gbps, "eager_GBps": nbytes / te["median_s"] / 1e9,
             "copy_GBps": ceil["GBps"], "speedup_vs_eager": te["median_s"] / tf["median_s"],
             "fraction_of_copy": gbps / ceil["GBps"],
+            "finite_check_s": tchk["median_s"], "finite_check_vs_round_step": tchk["median_s"] / tf["median_s"],
         })
         del c
     return {"benchmark": "kernels", "rows": rows}
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'device':6} {'param':8} {'flat':8} {'tensors':>7} {'MB':>7} {'fused ms':>9} {'eager ms':>9} {'GB/s':>7} {'copy GB/s':>9} {'x eager':>7} {'% copy':>6}"
+    """One line per case; 'check' is the finiteness check's time as a share of round_step's."""
+    head = f"{'device':6} {'param':8} {'flat':8} {'tensors':>7} {'MB':>7} {'fused ms':>9} {'eager ms':>9} {'GB/s':>7} {'copy GB/s':>9} {'x eager':>7} {'% copy':>6} {'check':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['device']:6} {r['param_dtype']:8} {r['flat_dtype']:8} {r['tensors']:7d} "
                      f"{r['min_bytes'] / 1e6:7.0f} {r['fused_s'] * 1e3:9.2f} {r['eager_s'] * 1e3:9.2f} "
                      f"{r['fused_GBps']:7.1f} {r['copy_GBps']:9.1f} {r['speedup_vs_eager']:7.2f} "
-                     f"{100 * r['fraction_of_copy']:5.0f}%")
+                     f"{100 * r['fraction_of_copy']:5.0f}% {100 * r['finite_check_vs_round_step']:5.0f}%")
     return "\n".join(lines)
