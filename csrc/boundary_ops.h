@@ -5,23 +5,31 @@
 
 #include <torch/library.h>
 
+#include "checks.h"
 #include "plan.h"
 
 namespace hpsgd {
 
 using Runner = void (*)(const Plan&);
 
+// The dispatcher passes Python's None for a non-optional Tensor as an undefined
+// tensor; a required argument must never silently become an absent stream.
+inline const at::Tensor& required(const at::Tensor& t, const char* op, const char* name) {
+  HPSGD_CHECK_TYPE(t.defined(), op, ": ", name, " is None; expected a tensor");
+  return t;
+}
+
 template <Runner Run>
 struct BoundaryOps {
   static void flatten(at::TensorList tensors, const at::Tensor& out) {
     PlanRequest q{"hpsgd.flatten", tensors, "tensors"};
-    q.out = out;
+    q.out = required(out, q.op, "out");
     Run(make_plan(q));
   }
 
   static void unflatten(const at::Tensor& flat, at::TensorList tensors) {
     PlanRequest q{"hpsgd.unflatten", tensors, "tensors"};
-    q.reduced = flat;
+    q.reduced = required(flat, q.op, "flat");
     q.reduced_name = "flat";
     q.write_params = true;
     Run(make_plan(q));
@@ -31,7 +39,7 @@ struct BoundaryOps {
                             const at::Tensor& out) {
     PlanRequest q{"hpsgd.delta_flatten", params};
     q.anchors = anchors;
-    q.out = out;
+    q.out = required(out, q.op, "out");
     Run(make_plan(q));
   }
 
@@ -39,7 +47,7 @@ struct BoundaryOps {
                     const at::Tensor& reduced, double lr) {
     PlanRequest q{"hpsgd.merge", params};
     q.anchors = anchors;
-    q.reduced = reduced;
+    q.reduced = required(reduced, q.op, "reduced");
     q.write_params = true;
     q.lr = lr;
     Run(make_plan(q));
@@ -54,7 +62,7 @@ struct BoundaryOps {
     q.anchors = anchors;
     q.momenta = momentum_buffers;
     q.reduced = reduced;
-    q.out = out;
+    q.out = required(out, q.op, "out");
     q.sent = sent;
     q.write_params = true;
     q.lr = lr;

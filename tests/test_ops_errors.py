@@ -168,3 +168,21 @@ def test_other_ops_name_their_arguments():
         ops.merge(ts, [torch.randn(2), torch.randn(2)], torch.randn(5))
     with pytest.raises(ValueError, match=r"hpsgd.delta_flatten: anchors has 1"):
         ops.delta_flatten(ts, ts[:1], torch.empty(5))
+
+
+def test_none_for_a_required_tensor_is_refused():
+    """None for a non-optional tensor reaches C++ as an undefined tensor: it must
+    raise, not run as if the output stream were absent."""
+    p, a = [torch.randn(3)], [torch.randn(3)]
+    p0 = p[0].clone()
+    with pytest.raises(TypeError, match="round_step: out is None"):
+        ops.round_step(p, a, None, None)
+    assert torch.equal(p[0], p0)
+    with pytest.raises(TypeError, match="flatten: out is None"):
+        ops.flatten(p, None)
+    with pytest.raises(TypeError, match="delta_flatten: out is None"):
+        ops.delta_flatten(p, a, None)
+    with pytest.raises(TypeError, match="merge: reduced is None"):
+        ops.merge(p, a, None)
+    with pytest.raises(TypeError, match="unflatten: flat is None"):
+        ops.unflatten(None, p)
