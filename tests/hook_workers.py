@@ -178,3 +178,35 @@ def nan_on_one_rank(rank, world, momentum, check_finite):
             "identical": all(torch.equal(gathered[0], g) for g in gathered),
             "skipped": hp.stats()["skipped_rounds"],
             "warned": any("non-finite" in str(w.message) for w in caught)}
+
+
+def long_run(rank, world, rounds):
+    """Many rounds of a tiny model: memory and per-round time must not grow."""
+    import resource
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    hp = HPSGD(model, opt, sync_every=1, timeout=60)
+    x, y = torch.randn(8, 4), torch.randn(8, 2)
+    marks, times = {}, []
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+        if r + 1 in (rounds // 10, rounds):
+            marks[r + 1] = rss_mb()
+    hp.synchronize()
+    tenth = rounds // 10
+    early = sorted(times[tenth:2 * tenth])[tenth // 2]
+    late = sorted(times[-tenth:])[tenth // 2]
+    st = hp.stats()
+    hp.close()
+    return {"rss": marks, "early_s": early, "late_s": late, "rounds": st["rounds"]}
