@@ -47,5 +47,18 @@ def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> tuple
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None or "MASTER_ADDR" not in os.environ:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            # After an elastic restart the agent's store still holds the dead
+            # attempt's keys (peer addresses); scope ours by attempt, or the new
+            # workers try to connect to processes that no longer exist.
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=not agent_store and rank == 0, timeout=timeout)
+            dist.init_process_group(backend, store=dist.PrefixStore(f"hpsgd/attempt_{restart}", store),
+                                    rank=rank, world_size=world, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
