@@ -42,6 +42,7 @@ on CUDA a wait for the reduction at the boundary) off.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -76,6 +77,10 @@ class _Group:
 
     def __post_init__(self):
         self.numel = sum(t.numel() for t in self.live)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _all_finite(flat: torch.Tensor) -> bool:
@@ -140,9 +145,9 @@ class HPSGD:
         if comm_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
             raise TypeError(f"HPSGD: comm_dtype is {comm_dtype!r}; expected None, torch.float32, "
                             "torch.bfloat16 or torch.float16")
-        if not (outer_lr == outer_lr and abs(outer_lr) != float("inf")):
+        if not (_is_number(outer_lr) and math.isfinite(outer_lr)):
             raise ValueError(f"HPSGD: outer_lr is {outer_lr!r}; expected a finite number")
-        if not (0.0 <= outer_momentum < 1.0):
+        if not (_is_number(outer_momentum) and 0.0 <= outer_momentum < 1.0):
             raise ValueError(f"HPSGD: outer_momentum is {outer_momentum!r}; expected 0 <= momentum < 1")
         if nesterov and outer_momentum == 0.0:
             raise ValueError("HPSGD: nesterov=True needs outer_momentum > 0")
@@ -432,6 +437,9 @@ class HPSGD:
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"HPSGD.load_state_dict: not an HPSGD state (version "
                              f"{state.get('version') if isinstance(state, dict) else None!r}, expected {_STATE_VERSION})")
+        missing = [k for k in ("options", "layout", "counters", "pending", "groups") if k not in state]
+        if missing or len(state.get("groups", ())) != len(self.groups):
+            raise ValueError(f"HPSGD.load_state_dict: incomplete HPSGD state (missing {missing or 'groups'})")
         if state["options"] != self._options():
             raise ValueError(f"HPSGD.load_state_dict: saved with options {state['options']}, "
                              f"this HPSGD has {self._options()}")
@@ -475,6 +483,9 @@ class HPSGD:
             self._handle = None
         self._pending = None
         self.comm.close()
+        if self._ctrl is not None:
+            dist.destroy_process_group(self._ctrl)  # its threads and sockets
+            self._ctrl = None
 
     def __enter__(self) -> "HPSGD":
         return self

@@ -210,3 +210,69 @@ def long_run(rank, world, rounds):
     st = hp.stats()
     hp.close()
     return {"rss": marks, "early_s": early, "late_s": late, "rounds": st["rounds"]}
+
+
+def killed_while_training(rank, world, timeout):
+    """Rank 1 dies mid-round; the others must raise a clear error within the timeout."""
+    import os
+    import signal
+
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hp = HPSGD(model, opt, sync_every=2, timeout=timeout)
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = None
+    try:
+        for s in range(200):
+            x, y = batch(rank, s)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            if s == 5:
+                if rank == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                t0 = time.monotonic()
+        hp.synchronize()
+    except (hpsgd_ext.CommError, hpsgd_ext.CommTimeoutError) as e:
+        return {"raised": type(e).__name__, "after": time.monotonic() - t0, "message": str(e)}
+    return {"raised": None}
+
+
+def pause_once(rank, world, sync_every, pause):
+    """Rank 0 stops for `pause` seconds once; training continues and ends in agreement."""
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hp = HPSGD(model, opt, sync_every=sync_every, timeout=pause + 20)
+    loss_fn = nn.CrossEntropyLoss()
+    for s in range(30):
+        x, y = batch(rank, s)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        if rank == 0 and s == 10:
+            time.sleep(pause)
+    hp.synchronize()
+    out = flat_params(model)
+    gathered = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(gathered, out)
+    st = hp.stats()
+    hp.close()
+    return {"identical": all(torch.equal(gathered[0], g) for g in gathered), "steps": st["local_steps"]}
+
+
+def mismatched(rank, world, what):
+    hidden = 17 if (what == "shape" and rank == 1) else 16
+    model = make_model(seed=0, hidden=hidden)
+    if what == "dtype" and rank == 1:
+        model = model.to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kw = {"sync_every": 2}
+    if what == "sync_every" and rank == 1:
+        kw["sync_every"] = 3
+    if what == "comm_dtype" and rank == 1:
+        kw["comm_dtype"] = torch.bfloat16
+    try:
+        HPSGD(model, opt, **kw)
+    except ValueError as e:
+        return str(e)
+    return None

@@ -1,0 +1,36 @@
+"""Faults across real Gloo ranks: a killed rank, a paused rank, mismatched set-ups."""
+
+from __future__ import annotations
+
+import pytest
+
+import hook_workers as W
+from dist_utils import run_ranks, values
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
+
+
+def test_rank_killed_mid_round_others_raise_within_timeout():
+    timeout = 3.0
+    res = run_ranks(W.killed_while_training, 3, timeout, pg_timeout=timeout, allow_missing=(1,))
+    assert res[1].exitcode == -9
+    for r in (0, 2):
+        assert res[r].ok, res[r].traceback
+        v = res[r].value
+        assert v["raised"] in ("CommError", "CommTimeoutError"), v
+        assert v["after"] <= timeout + 2.0, v
+        assert "rank" in v["message"]
+        assert res[r].exitcode == 0  # reported and exited: nothing left hanging
+
+
+@pytest.mark.parametrize("sync_every", ["auto", 2])
+def test_rank_pausing_ten_seconds_once(sync_every):
+    for v in values(run_ranks(W.pause_once, 2, sync_every, 10.0, timeout=120)):
+        assert v["identical"] and v["steps"] == 30
+
+
+@pytest.mark.parametrize("what,needle", [("shape", "shape"), ("dtype", "torch.bfloat16"),
+                                         ("sync_every", "sync_every"), ("comm_dtype", "comm_dtype")])
+def test_mismatch_is_a_clear_error_on_every_rank(what, needle):
+    msgs = values(run_ranks(W.mismatched, 2, what))
+    assert all(m is not None and needle in m and "rank 1" in m for m in msgs), msgs
