@@ -55,3 +55,19 @@ def test_boundary_does_not_block_the_cpu_on_a_slow_link():
     hp.synchronize()
     assert hp.stats()["rounds"] == 4
     hp.close()
+
+
+def test_long_run_allocates_nothing_per_round():
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    hp = HPSGD(m, opt, sync_every=1)
+    for s in range(200):  # warm up: optimizer state, caching allocator
+        _step(m, opt, s)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for s in range(2000):
+        _step(m, opt, s)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before <= 1 << 20  # nothing kept per round
+    hp.synchronize()
+    hp.close()
