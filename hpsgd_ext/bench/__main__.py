@@ -3,6 +3,7 @@ and a readable table into a results folder.
 
     hpsgd-bench kernels [--device cpu|cuda] [--numel 50000000] [--out bench/results]
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
+    hpsgd-bench hook    [--device cpu|cuda] [--out bench/results]   (per-step overhead)
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ def _comm(args) -> int:
     return 0
 
 
+def _hook(args) -> int:
+    from . import hook_overhead
+    from .meta import write_json
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    res = hook_overhead.run(device=device)
+    text = hook_overhead.table(res)
+    print(text)
+    path = write_json(os.path.join(args.out, f"hook-overhead-{device}.json"), res)
+    with open(os.path.join(args.out, f"hook-overhead-{device}.txt"), "w") as f:
+        f.write(text + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def _bytes(s: str) -> int:
     mult = {"K": 2**10, "M": 2**20, "G": 2**30}
     return int(float(s[:-1]) * mult[s[-1].upper()]) if s[-1].upper() in mult else int(s)
@@ -73,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max-bytes", type=_bytes, default=_bytes("1G"))
     c.add_argument("--out", default="bench/results")
     c.set_defaults(fn=_comm)
+    h = sub.add_parser("hook", help="HPSGD's per-step overhead on non-boundary steps")
+    h.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    h.add_argument("--out", default="bench/results")
+    h.set_defaults(fn=_hook)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -1,0 +1,77 @@
+"""HPSGD's cost on non-boundary steps: a training step with no hook, with HPSGD and a
+window that never ends (a counter), and with HPSGD in auto mode while a reduction is
+held in flight (a counter and one completion query per step). Same model, same data,
+interleaved repeats, medians; one rank (the hook's per-step path has no communication)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..comm import LinkModel
+from ..hook import HPSGD
+
+
+def _setup(width: int, device: str):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                          nn.Linear(width, 10)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(64, 256, device=device)
+    y = torch.randint(0, 10, (64,), device=device)
+    return model, opt, x, y
+
+
+def _steps(model, opt, x, y, n: int, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def run(widths=(256, 1024), steps: int = 200, repeats: int = 7, device: str = "cpu") -> dict:
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    rows = []
+    for width in widths:
+        cases = {}
+        model, opt, x, y = _setup(width, device)
+        cases["plain"] = (model, opt, x, y, None)
+        m2, o2, x2, y2 = _setup(width, device)
+        cases["hpsgd fixed (no boundary)"] = (m2, o2, x2, y2, HPSGD(m2, o2, sync_every=10**9))
+        m3, o3, x3, y3 = _setup(width, device)
+        hp3 = HPSGD(m3, o3, sync_every="auto", link=LinkModel(bandwidth=1.0, latency=0.0), timeout=3600)
+        cases["hpsgd auto (polling)"] = (m3, o3, x3, y3, hp3)
+        _steps(m3, o3, x3, y3, 1, device)  # first boundary: a reduction now held for hours
+        samples = {k: [] for k in cases}
+        for _ in range(repeats):  # interleaved, so drift hits every case alike
+            for k, (m, o, xx, yy, _) in cases.items():
+                samples[k].append(_steps(m, o, xx, yy, steps, device))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        params = sum(p.numel() for p in model.parameters())
+        for k in cases:
+            rows.append({"width": width, "params": params, "case": k, "step_s": med[k],
+                         "overhead": med[k] / med["plain"] - 1.0})
+        rounds = hp3.stats()["rounds"]
+        assert rounds == 1, "the auto case must stay inside one window"
+        for *_, hp in cases.values():
+            if hp is not None:
+                hp.close()
+    return {"benchmark": "hook_overhead", "device": device, "rows": rows}
+
+
+def table(res: dict) -> str:
+    lines = [f"{'params':>9} {'case':28} {'step us':>9} {'overhead':>9}", "-" * 58]
+    for r in res["rows"]:
+        lines.append(f"{r['params']:9d} {r['case']:28} {r['step_s'] * 1e6:9.1f} {100 * r['overhead']:8.2f}%")
+    return "\n".join(lines)
