@@ -28,3 +28,12 @@ def world_of_one():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield dist.group.WORLD
     dist.destroy_process_group()
+
+
+# CI replays the same hypothesis examples every run (a failure is reproducible,
+# never a coin toss); locally each run explores new ones.
+from hypothesis import settings as _hyp_settings  # noqa: E402
+
+_hyp_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    _hyp_settings.load_profile("ci")
