@@ -4,6 +4,7 @@ and a readable table into a results folder.
     hpsgd-bench kernels [--device cpu|cuda] [--numel 50000000] [--out bench/results]
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
     hpsgd-bench hook    [--device cpu|cuda] [--out bench/results]   (per-step overhead)
+    hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ def _hook(args) -> int:
     return 0
 
 
+def _overlap(args) -> int:
+    from . import overlap
+    from .meta import write_json
+
+    ratios = [float(x) for x in args.ratios.split(",")]
+    res = overlap.run(ratios=ratios, seconds=args.seconds, workers=args.workers, model=args.model)
+    text = overlap.table(res)
+    print(text)
+    path = write_json(os.path.join(args.out, "overlap.json"), res)
+    with open(os.path.join(args.out, "overlap.txt"), "w") as f:
+        f.write(text + "\n")
+    overlap.plot(res, os.path.join(args.out, "overlap.png"))
+    print(f"wrote {path}")
+    return 0
+
+
 def _bytes(s: str) -> int:
     mult = {"K": 2**10, "M": 2**20, "G": 2**30}
     return int(float(s[:-1]) * mult[s[-1].upper()]) if s[-1].upper() in mult else int(s)
@@ -93,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--device", choices=["cpu", "cuda"], default=None)
     h.add_argument("--out", default="bench/results")
     h.set_defaults(fn=_hook)
+    o = sub.add_parser("overlap", help="steps/s and loss over the comm/compute ratio, all algorithms")
+    o.add_argument("--ratios", default="0.5,2,8,32")
+    o.add_argument("--seconds", type=float, default=4.0)
+    o.add_argument("--workers", type=int, default=2)
+    o.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
+    o.add_argument("--out", default="bench/results")
+    o.set_defaults(fn=_overlap)
     args = ap.parse_args(argv)
     return args.fn(args)
 
