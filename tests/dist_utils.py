@@ -108,3 +108,19 @@ def values(results: dict[int, RankResult]) -> list[Any]:
     if bad:
         raise AssertionError("\n".join(f"rank {r.rank}: {r.error_type}: {r.message}\n{r.traceback}" for r in bad))
     return [results[r].value for r in sorted(results)]
+
+
+def assert_survivors_raised(results: dict[int, RankResult], killed: int, timeout: float,
+                            slack: float = 2.0) -> None:
+    """The killed rank died by SIGKILL; every other rank reported a CommError or
+    CommTimeoutError naming a rank, within timeout + slack, and exited cleanly."""
+    assert results[killed].exitcode == -9, results[killed]
+    for r, res in results.items():
+        if r == killed:
+            continue
+        assert res.ok, res.traceback
+        v = res.value
+        assert v["raised"] in ("CommError", "CommTimeoutError"), v
+        assert v["after"] <= timeout + slack, v
+        assert "rank" in v["message"], v
+        assert res.exitcode == 0, res  # reported and exited: nothing left hanging

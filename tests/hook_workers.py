@@ -41,6 +41,12 @@ def flat_params(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def same_on_every_rank(t: torch.Tensor, world: int) -> bool:
+    gathered = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(gathered, t)
+    return all(torch.equal(gathered[0], g) for g in gathered)
+
+
 def equals_reference(rank, world, replica, H, steps, outer_momentum, nesterov):
     # Different seeds per rank: the initial broadcast must make them equal.
     results = {}
@@ -57,10 +63,8 @@ def equals_reference(rank, world, replica, H, steps, outer_momentum, nesterov):
         hp.synchronize()
         results[impl] = flat_params(model)
         hp.close()
-    gathered = [torch.empty_like(results["hpsgd"]) for _ in range(world)]
-    dist.all_gather(gathered, results["hpsgd"])
     return {"max_diff": (results["hpsgd"] - results["reference"]).abs().max().item(),
-            "ranks_identical": all(torch.equal(gathered[0], g) for g in gathered),
+            "ranks_identical": same_on_every_rank(results["hpsgd"], world),
             "moved": (results["hpsgd"] - flat_params(make_model(seed=0))).abs().max().item()}
 
 
@@ -74,11 +78,9 @@ def straggler_auto(rank, world, steps, replica):
     train(model, opt, rank, steps, slow=0.015 if rank == 0 else 0.005)
     hp.synchronize()
     out = flat_params(model)
-    gathered = [torch.empty_like(out) for _ in range(world)]
-    dist.all_gather(gathered, out)
     st = hp.stats()
     hp.close()
-    return {"identical": all(torch.equal(gathered[0], g) for g in gathered), "stats": st,
+    return {"identical": same_on_every_rank(out, world), "stats": st,
             "seconds": time.monotonic() - t0}
 
 
@@ -93,9 +95,7 @@ def uneven_steps_auto(rank, world):
     train(model, opt, rank, 3 + rank)
     hp.synchronize()
     out = flat_params(model)
-    gathered = [torch.empty_like(out) for _ in range(world)]
-    dist.all_gather(gathered, out)
-    return {"identical": all(torch.equal(gathered[0], g) for g in gathered), "stats": hp.stats()}
+    return {"identical": same_on_every_rank(out, world), "stats": hp.stats()}
 
 
 def resume_bitwise(rank, world, H, total, cut):
@@ -172,10 +172,8 @@ def nan_on_one_rank(rank, world, momentum, check_finite):
         except FloatingPointError as e:
             raised = str(e)
     out = flat_params(model)
-    gathered = [torch.empty_like(out) for _ in range(world)]
-    dist.all_gather(gathered, out)
     return {"raised": raised, "finite": bool(torch.isfinite(out).all()),
-            "identical": all(torch.equal(gathered[0], g) for g in gathered),
+            "identical": same_on_every_rank(out, world),
             "skipped": hp.stats()["skipped_rounds"],
             "warned": any("non-finite" in str(w.message) for w in caught)}
 
@@ -253,11 +251,9 @@ def pause_once(rank, world, sync_every, pause):
             time.sleep(pause)
     hp.synchronize()
     out = flat_params(model)
-    gathered = [torch.empty_like(out) for _ in range(world)]
-    dist.all_gather(gathered, out)
     st = hp.stats()
     hp.close()
-    return {"identical": all(torch.equal(gathered[0], g) for g in gathered), "steps": st["local_steps"]}
+    return {"identical": same_on_every_rank(out, world), "steps": st["local_steps"]}
 
 
 def mismatched(rank, world, what):

@@ -16,72 +16,52 @@ import sys
 import torch
 
 
-def _kernels(args) -> int:
-    from . import kernels
+def _emit(out_dir: str, tag: str, payload: dict, text: str, plot=None) -> int:
+    """Print the table; write <tag>.json (with machine facts), <tag>.txt and, given a
+    plotting function, <tag>.png into the results folder."""
     from .meta import write_json
 
+    print(text)
+    path = write_json(os.path.join(out_dir, f"{tag}.json"), payload)
+    with open(os.path.join(out_dir, f"{tag}.txt"), "w") as f:
+        f.write(text + "\n")
+    if plot is not None:
+        plot(os.path.join(out_dir, f"{tag}.png"))
+    print(f"wrote {path}")
+    return 0
+
+
+def _kernels(args) -> int:
+    from . import kernels
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
               (torch.bfloat16, torch.bfloat16)]
     res = kernels.run(args.numel, device, dtypes=dtypes, reps=args.reps)
-    text = kernels.table(res["rows"])
-    print(text)
-    path = write_json(os.path.join(args.out, f"kernels-{device}.json"), res)
-    with open(os.path.join(args.out, f"kernels-{device}.txt"), "w") as f:
-        f.write(text + "\n")
-    print(f"wrote {path}")
-    return 0
+    return _emit(args.out, f"kernels-{device}", res, kernels.table(res["rows"]))
 
 
 def _comm(args) -> int:
     from ..launch import run_local
     from . import comm
-    from .meta import write_json
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ranks = args.ranks or (torch.cuda.device_count() if device == "cuda" else 2)
     results = run_local(comm.worker, ranks, args.min_bytes, args.max_bytes, device)
-    res = results[0]
-    text = comm.table(res)
-    print(text)
-    tag = f"comm-{device}-{ranks}ranks"
-    path = write_json(os.path.join(args.out, f"{tag}.json"), {"benchmark": "comm", "per_rank": results})
-    with open(os.path.join(args.out, f"{tag}.txt"), "w") as f:
-        f.write(text + "\n")
-    comm.plot(res, os.path.join(args.out, f"{tag}.png"))
-    print(f"wrote {path}")
-    return 0
+    return _emit(args.out, f"comm-{device}-{ranks}ranks", {"benchmark": "comm", "per_rank": results},
+                 comm.table(results[0]), lambda path: comm.plot(results[0], path))
 
 
 def _hook(args) -> int:
     from . import hook_overhead
-    from .meta import write_json
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     res = hook_overhead.run(device=device)
-    text = hook_overhead.table(res)
-    print(text)
-    path = write_json(os.path.join(args.out, f"hook-overhead-{device}.json"), res)
-    with open(os.path.join(args.out, f"hook-overhead-{device}.txt"), "w") as f:
-        f.write(text + "\n")
-    print(f"wrote {path}")
-    return 0
+    return _emit(args.out, f"hook-overhead-{device}", res, hook_overhead.table(res))
 
 
 def _overlap(args) -> int:
     from . import overlap
-    from .meta import write_json
-
     ratios = [float(x) for x in args.ratios.split(",")]
     res = overlap.run(ratios=ratios, seconds=args.seconds, workers=args.workers, model=args.model)
-    text = overlap.table(res)
-    print(text)
-    path = write_json(os.path.join(args.out, "overlap.json"), res)
-    with open(os.path.join(args.out, "overlap.txt"), "w") as f:
-        f.write(text + "\n")
-    overlap.plot(res, os.path.join(args.out, "overlap.png"))
-    print(f"wrote {path}")
-    return 0
+    return _emit(args.out, "overlap", res, overlap.table(res), lambda path: overlap.plot(res, path))
 
 
 def _bytes(s: str) -> int:
