@@ -26,7 +26,8 @@ def batch(rank, step, n=16):
     return x, y
 
 
-def train(model, opt, rank, steps, start=0, slow=0.0):
+def train(model, opt, rank, steps, start=0, slow=0.0, after_step=None):
+    """Rank-specific deterministic batches; ``after_step(s)`` injects a fault."""
     loss_fn = nn.CrossEntropyLoss()
     for s in range(start, start + steps):
         x, y = batch(rank, s)
@@ -35,6 +36,8 @@ def train(model, opt, rank, steps, start=0, slow=0.0):
         opt.step()
         if slow:
             time.sleep(slow)
+        if after_step is not None:
+            after_step(s)
 
 
 def flat_params(model):
@@ -155,19 +158,17 @@ def nan_on_one_rank(rank, world, momentum, check_finite):
     model = make_model(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
     hp = HPSGD(model, opt, sync_every=2, timeout=30, check_finite=check_finite, max_bad_rounds=3)
-    loss_fn = nn.CrossEntropyLoss()
+
+    def poison(s):
+        if rank == 1 and s == 4:
+            with torch.no_grad():
+                model[0].weight[0, 0] = float("nan")
+
     raised = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            for s in range(14):
-                x, y = batch(rank, s)
-                opt.zero_grad()
-                loss_fn(model(x), y).backward()
-                opt.step()
-                if rank == 1 and s == 4:
-                    with torch.no_grad():
-                        model[0].weight[0, 0] = float("nan")
+            train(model, opt, rank, 14, after_step=poison)
             hp.synchronize()
         except FloatingPointError as e:
             raised = str(e)
@@ -218,21 +219,19 @@ def killed_while_training(rank, world, timeout):
     model = make_model(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     hp = HPSGD(model, opt, sync_every=2, timeout=timeout)
-    loss_fn = nn.CrossEntropyLoss()
-    t0 = None
+    t0 = []
+
+    def die(s):
+        if s == 5:
+            if rank == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            t0.append(time.monotonic())
+
     try:
-        for s in range(200):
-            x, y = batch(rank, s)
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
-            if s == 5:
-                if rank == 1:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                t0 = time.monotonic()
+        train(model, opt, rank, 200, after_step=die)
         hp.synchronize()
     except (hpsgd_ext.CommError, hpsgd_ext.CommTimeoutError) as e:
-        return {"raised": type(e).__name__, "after": time.monotonic() - t0, "message": str(e)}
+        return {"raised": type(e).__name__, "after": time.monotonic() - t0[0], "message": str(e)}
     return {"raised": None}
 
 
@@ -241,14 +240,7 @@ def pause_once(rank, world, sync_every, pause):
     model = make_model(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     hp = HPSGD(model, opt, sync_every=sync_every, timeout=pause + 20)
-    loss_fn = nn.CrossEntropyLoss()
-    for s in range(30):
-        x, y = batch(rank, s)
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        if rank == 0 and s == 10:
-            time.sleep(pause)
+    train(model, opt, rank, 30, after_step=lambda s: time.sleep(pause) if rank == 0 and s == 10 else None)
     hp.synchronize()
     out = flat_params(model)
     st = hp.stats()
