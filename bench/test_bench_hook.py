@@ -5,12 +5,12 @@ import torch.distributed as dist
 
 from hpsgd_ext import HPSGD
 from hpsgd_ext.bench.hook_overhead import _setup, _steps
+from hpsgd_ext.launch import init_world_of_one
 
 
 @pytest.fixture(scope="module", autouse=True)
 def world_of_one():
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    init_world_of_one()
     yield
     dist.destroy_process_group()
 

@@ -162,13 +162,20 @@ class Communicator:
                 f"{self._core.world_size} on {self.device}>")
 
 
+def _sleep_until(finish: float) -> None:
+    """Block until ``finish`` on the communicator's monotonic clock."""
+    import time as _time
+
+    delay = finish - _C.monotonic()
+    if delay > 0:
+        _time.sleep(delay)
+
+
 def link_allreduce_hook(state, bucket):
     """A DDP communication hook that applies the same :class:`LinkModel` emulation as
     the Communicator: mean all-reduce of the bucket, completion held until the
     modelled time. ``state`` is ``(link, process_group)``; register with
     ``ddp_model.register_comm_hook((link, group), link_allreduce_hook)``."""
-    import time as _time
-
     link, group = state
     buf = bucket.buffer()
     finish = link.reserve(buf.numel() * buf.element_size())
@@ -176,9 +183,7 @@ def link_allreduce_hook(state, bucket):
     fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
 
     def held(f):
-        delay = finish - _C.monotonic()
-        if delay > 0:
-            _time.sleep(delay)
+        _sleep_until(finish)
         return f.value()[0].div_(world)
 
     return fut.then(held)
@@ -198,9 +203,5 @@ class held_by_link:
         return self
 
     def __exit__(self, *exc):
-        import time as _time
-
         if self.link is not None:
-            delay = self.finish - _C.monotonic()
-            if delay > 0:
-                _time.sleep(delay)
+            _sleep_until(self.finish)

@@ -20,6 +20,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_world_of_one() -> dist.ProcessGroup:
+    """A default process group of one rank over Gloo in this process (for
+    single-process benchmarks and tests); reuses an existing default group."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return dist.group.WORLD
+
+
 def run_local(entrypoint: Callable[..., Any], nprocs: int, *args: Any,
               max_restarts: int = 0, log_dir: str | None = None) -> list[Any]:
     """Run ``entrypoint(*args)`` on ``nprocs`` local workers; returns their return

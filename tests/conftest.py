@@ -24,9 +24,9 @@ def world_of_one():
     """A default process group of one rank over Gloo, in this process."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield dist.group.WORLD
+    from hpsgd_ext.launch import init_world_of_one
+
+    yield init_world_of_one()
     dist.destroy_process_group()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import os
 import queue
-import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -15,11 +14,7 @@ from typing import Any, Callable
 
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from hpsgd_ext.launch import free_port
 
 
 @dataclass

@@ -9,11 +9,11 @@ import statistics
 import time
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..comm import LinkModel
 from ..hook import HPSGD
+from ..launch import init_world_of_one
 
 
 def _setup(width: int, device: str):
@@ -40,8 +40,7 @@ def _steps(model, opt, x, y, n: int, device: str) -> float:
 
 
 def run(widths=(256, 1024), steps: int = 200, repeats: int = 7, device: str = "cpu") -> dict:
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    init_world_of_one()
     rows = []
     for width in widths:
         cases = {}
