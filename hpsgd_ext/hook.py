@@ -19,6 +19,9 @@ Why ranks of different speeds cannot deadlock or mismatch collectives:
 * ``sync_every="auto"`` (the paper's rule) never blocks: a rank ends its window at
   the first local step at which its previous reduction has completed, else it
   keeps training. A slow rank only makes the fast ones take longer windows.
+  A window also lasts at least a measured minimum number of steps, so that a
+  round's own fixed cost stays under 2% of the window (hpsgd_ext/window.py); that
+  only lengthens windows, locally, and changes none of these guarantees.
 * ``synchronize()`` first agrees on the number of rounds issued (a MAX all-reduce
   on a separate control group, so it cannot be confused with a round still in
   flight on the data group); a rank one round behind closes its partial window
@@ -54,6 +57,7 @@ from torch import nn
 
 from . import ops
 from .comm import Communicator, LinkModel, to_seconds
+from .window import AutoWindow
 
 __all__ = ["HPSGD"]
 
@@ -188,6 +192,7 @@ class HPSGD:
         self._fill = 0                         # index of the flat buffer the next round fills
         self._steps_in_window = 0
         self._zero_round_in_flight = False  # the round in flight is the zero one sent after a discard
+        self._window = AutoWindow(count_background_cpu=self.device.type == "cpu") if sync_every == "auto" else None
         self._stats = {"rounds": 0, "local_steps": 0, "exposed_seconds": 0.0, "boundary_seconds": 0.0,
                        "comm_seconds": 0.0, "bytes_reduced": 0, "catch_up_rounds": 0, "synchronizations": 0,
                        "skipped_rounds": 0, "consecutive_bad_rounds": 0}
@@ -293,10 +298,13 @@ class HPSGD:
     def _on_step(self, optimizer, args, kwargs) -> None:
         self._steps_in_window += 1
         self._stats["local_steps"] += 1
-        if self.sync_every == "auto":
-            # The paper's rule: end the window once the previous round has landed.
-            if self._pending is None or all(w.is_completed() for w in self._pending):
+        if self._window is not None:
+            # The paper's rule (end the window once the previous round has landed),
+            # with a measured minimum window.
+            reduced = self._pending is None or all(w.is_completed() for w in self._pending)
+            if self._window.should_end(time.perf_counter(), self._steps_in_window, reduced):
                 self._boundary()
+            self._window.step_done(time.perf_counter())
         elif self._steps_in_window >= self.sync_every:
             self._boundary()
 
@@ -305,6 +313,7 @@ class HPSGD:
         """End the current window: merge the previous round, start this one."""
         with torch.profiler.record_function("hpsgd.boundary"):
             t0 = time.perf_counter()
+            steps = self._steps_in_window
             if self._pending is not None:
                 self._await(self._pending)
             exposed = time.perf_counter() - t0
@@ -330,6 +339,8 @@ class HPSGD:
             self._stats["rounds"] += 1
             self._stats["exposed_seconds"] += exposed
             self._stats["boundary_seconds"] += time.perf_counter() - t0
+            if self._window is not None:
+                self._window.round_ended(time.perf_counter() - t0 - exposed, steps)
 
     def _round_is_finite(self, prev: int) -> bool:
         """Is the finished round's averaged change finite? The same answer on every
@@ -401,6 +412,8 @@ class HPSGD:
             self._pending = None
             self._steps_in_window = 0
             self._stats["synchronizations"] += 1
+            if self._window is not None:
+                self._window.restart()
 
     # --- state ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -464,13 +477,18 @@ class HPSGD:
         counters = dict(state["counters"])
         self._steps_in_window = int(counters.pop("steps_in_window"))
         self._stats.update(counters)
+        if self._window is not None:
+            self._window.restart()
 
     # --- observability and lifetime ----------------------------------------------------------
     def stats(self) -> dict:
         """rounds, local_steps, steps_per_round, exposed_seconds (training loop
-        blocked by communication), comm_seconds, bytes_reduced, and the
-        communicator's counters."""
+        blocked by communication), comm_seconds, bytes_reduced, the communicator's
+        counters, and in auto mode the window sizing (min_window, idle_step_seconds,
+        round_cost_seconds)."""
         s = dict(self._stats)
+        if self._window is not None:
+            s.update(self._window.stats())
         s["steps_per_round"] = s["local_steps"] / s["rounds"] if s["rounds"] else 0.0
         s["comm"] = self.comm.stats()
         return s

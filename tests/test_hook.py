@@ -169,7 +169,7 @@ def test_compiled_model_and_bf16_autocast():
     hp.close()
 
 
-def test_auto_mode_single_rank_ends_a_window_every_step_once_reduced():
+def test_auto_mode_single_rank_ends_windows_once_reduced():
     m, opt = model_opt()
     hp = HPSGD(m, opt)  # sync_every="auto"
     for s in range(5):

@@ -57,8 +57,9 @@ class _HPSGD(Algorithm):
 
     def stats(self):
         s = self.hp.stats()
-        return {k: s[k] for k in ("rounds", "local_steps", "steps_per_round", "exposed_seconds",
-                                  "comm_seconds", "bytes_reduced")}
+        keep = ("rounds", "local_steps", "steps_per_round", "exposed_seconds", "comm_seconds",
+                "bytes_reduced", "min_window", "step_seconds", "round_cost_seconds")
+        return {k: s[k] for k in keep if k in s}
 
     def close(self):
         self.hp.close()
