@@ -4,7 +4,9 @@ and a readable table into a results folder.
     hpsgd-bench kernels [--device cpu|cuda] [--numel 50000000] [--out bench/results]
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
     hpsgd-bench hook    [--device cpu|cuda] [--out bench/results]   (per-step overhead)
-    hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--out bench/results]
+    hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--repeats 1] [--out bench/results]
+    hpsgd-bench netns   [--workers 2,4] [--bandwidth-mbit 200] [--seconds 10] [--out bench/results]
+    hpsgd-bench report  [folder]        (one markdown page from the JSON in a results folder)
 """
 
 from __future__ import annotations
@@ -60,8 +62,33 @@ def _hook(args) -> int:
 def _overlap(args) -> int:
     from . import overlap
     ratios = [float(x) for x in args.ratios.split(",")]
-    res = overlap.run(ratios=ratios, seconds=args.seconds, workers=args.workers, model=args.model)
+    res = overlap.run(ratios=ratios, seconds=args.seconds, workers=args.workers, model=args.model,
+                      repeats=args.repeats)
     return _emit(args.out, "overlap", res, overlap.table(res), lambda path: overlap.plot(res, path))
+
+
+def _netns(args) -> int:
+    from ..train.netns import available
+    from . import netns
+    why = available()
+    if why:
+        print(f"hpsgd-bench netns: shaped namespaces {why}", file=sys.stderr)
+        return 2
+    workers = [int(x) for x in args.workers.split(",")]
+    res = netns.run(workers=workers, bandwidth_mbit=args.bandwidth_mbit, seconds=args.seconds, model=args.model)
+    return _emit(args.out, f"netns-{args.bandwidth_mbit:g}mbit", res, netns.table(res),
+                 lambda path: netns.plot(res, path))
+
+
+def _report(args) -> int:
+    from . import report
+    try:
+        path = report.write(args.folder, args.out)
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
 
 
 def _bytes(s: str) -> int:
@@ -95,8 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--seconds", type=float, default=4.0)
     o.add_argument("--workers", type=int, default=2)
     o.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
+    o.add_argument("--repeats", type=int, default=1, help="runs per point; the median is reported")
     o.add_argument("--out", default="bench/results")
     o.set_defaults(fn=_overlap)
+    n = sub.add_parser("netns", help="all algorithms over real tc-shaped links between namespaces (root)")
+    n.add_argument("--workers", default="2,4", help="comma-separated worker counts")
+    n.add_argument("--bandwidth-mbit", type=float, default=200.0)
+    n.add_argument("--seconds", type=float, default=10.0)
+    n.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
+    n.add_argument("--out", default="bench/results")
+    n.set_defaults(fn=_netns)
+    r = sub.add_parser("report", help="one markdown page (tables and plots) from a results folder")
+    r.add_argument("folder", nargs="?", default="bench/results")
+    r.add_argument("--out", default=None, help="default: <folder>/REPORT.md")
+    r.set_defaults(fn=_report)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -1,0 +1,49 @@
+"""The bench CLI's report and netns subcommands (the timed subcommands run in bench/)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from hpsgd_ext.bench.__main__ import main
+from hpsgd_ext.train import netns as shaped
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "results")
+
+
+def test_report_rebuilds_every_table_from_json(tmp_path):
+    out = tmp_path / "REPORT.md"
+    assert main(["report", RESULTS, "--out", str(out)]) == 0
+    text = out.read_text()
+    for name in os.listdir(RESULTS):
+        if name.endswith(".json"):
+            with open(os.path.join(RESULTS, name)) as f:
+                kind = json.load(f).get("benchmark")
+            assert f"`{name}`" in text, f"{name} ({kind}) missing from the report"
+    assert "`demo/results.json`" in text
+    for line in text.splitlines():  # every plot it links exists
+        if line.startswith("!["):
+            assert os.path.exists(os.path.join(RESULTS, line.split("](")[1].rstrip(")")))
+
+
+def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no benchmark JSON" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_netns_bench_writes_json_table_and_plot(tmp_path):
+    why = shaped.available()
+    if why:
+        pytest.skip(why)
+    assert main(["netns", "--workers", "2", "--seconds", "1.5", "--bandwidth-mbit", "100",
+                 "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "netns-100mbit.json").read_text())
+    rows = {r["algo"]: r for r in res["sets"][0]["rows"]}
+    assert set(rows) == {"none", "ceiling", "hpsgd", "hpsgd-ref", "ddp", "localsgd"}
+    assert rows["none"]["fraction_of_none"] == 1.0 and rows["hpsgd"]["stats"]["rounds"] >= 1
+    assert (tmp_path / "netns-100mbit.png").stat().st_size > 0
+    assert "% ceiling" in (tmp_path / "netns-100mbit.txt").read_text()
