@@ -17,6 +17,7 @@ import os
 import sys
 
 from .algorithms import ALGORITHMS
+from .data import DATASETS
 
 
 def parse(argv=None) -> dict:
@@ -33,7 +34,8 @@ def parse(argv=None) -> dict:
     ap.add_argument("--network", choices=["emulated", "netns", "loopback"], default="emulated",
                     help="emulated: the link model on loopback; netns: real links between network "
                          "namespaces shaped by tc tbf at --bandwidth-mbit (Linux, root); loopback: no limit")
-    ap.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
+    ap.add_argument("--dataset", choices=list(DATASETS), default="digits-shifted",
+                    help="digits-shifted: scikit-learn's digits at every shift of up to 2 pixels (the demo)")
     ap.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.02)
