@@ -39,7 +39,8 @@ def _kernels(args) -> int:
     dtypes = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
               (torch.bfloat16, torch.bfloat16)]
     res = kernels.run(args.numel, device, dtypes=dtypes, reps=args.reps)
-    return _emit(args.out, f"kernels-{device}", res, kernels.table(res["rows"]))
+    return _emit(args.out, f"kernels-{device}", res, kernels.table(res["rows"]),
+                 lambda path: kernels.plot(res["rows"], path))
 
 
 def _comm(args) -> int:
@@ -56,7 +57,8 @@ def _hook(args) -> int:
     from . import hook_overhead
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     res = hook_overhead.run(device=device)
-    return _emit(args.out, f"hook-overhead-{device}", res, hook_overhead.table(res))
+    return _emit(args.out, f"hook-overhead-{device}", res, hook_overhead.table(res),
+                 lambda path: hook_overhead.plot(res, path))
 
 
 def _overlap(args) -> int:

@@ -144,3 +144,14 @@ def table(rows: list[dict]) -> str:
                      f"{r['fused_GBps']:7.1f} {r['copy_GBps']:9.1f} {r['speedup_vs_eager']:7.2f} "
                      f"{100 * r['fraction_of_copy']:5.0f}% {100 * r['finite_check_vs_round_step']:5.0f}%")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    from .plots import grouped_bars
+
+    groups = [f"{r['param_dtype']} params\n{r['flat_dtype']} wire" for r in rows]
+    grouped_bars(path, f"round_step, {rows[0]['numel'] / 1e6:.0f}M params in {rows[0]['tensors']} tensors "
+                       f"({rows[0]['device']})", groups,
+                 {"fused": [r["fused_GBps"] for r in rows], "best eager": [r["eager_GBps"] for r in rows],
+                  "plain copy of the same bytes": [r["copy_GBps"] for r in rows]},
+                 "GB/s of the minimum traffic")
