@@ -47,3 +47,14 @@ def test_netns_bench_writes_json_table_and_plot(tmp_path):
     assert rows["none"]["fraction_of_none"] == 1.0 and rows["hpsgd"]["stats"]["rounds"] >= 1
     assert (tmp_path / "netns-100mbit.png").stat().st_size > 0
     assert "% ceiling" in (tmp_path / "netns-100mbit.txt").read_text()
+
+
+def test_step_overlap_measures_all_three_cases(tmp_path):
+    assert main(["step-overlap", "--device", "cpu", "--steps", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "step-overlap-cpu.json").read_text())
+    assert len(res["rows"]) == 5 and res["transport"].startswith("c10d")
+    m = res["median"]
+    # the link holds the reduction for about the steps' time, so it is not free
+    assert m["comm_s"] > 0.5 * m["compute_s"] and m["both_s"] >= m["compute_s"] * 0.5
+    assert -1.0 < res["hidden_fraction"] < 1.5
+    assert "hidden:" in (tmp_path / "step-overlap-cpu.txt").read_text()

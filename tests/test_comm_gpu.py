@@ -83,3 +83,15 @@ def test_buffer_freed_while_in_flight_on_gpu(world_of_one):
     z = torch.zeros(32 * 2**20, device="cuda")  # must not reuse the in-flight memory
     w.wait()
     assert torch.count_nonzero(z) == 0
+
+
+def test_step_overlap_benchmark_on_cuda(world_of_one):
+    """The GPU path of `hpsgd-bench step-overlap` (CUDA events, device_seconds) at a small size."""
+    from hpsgd_ext.bench import step_overlap
+
+    res = step_overlap.run(device="cuda", steps=3, repeats=2, size=(64, 2, 16, 16))
+    m = res["median"]
+    assert res["transport"] == "nccl" and res["dtype"] == "torch.bfloat16"
+    assert m["compute_events_s"] > 0 and m["compute_in_both_events_s"] > 0
+    assert m["comm_device_s"] > 0.5 * m["compute_s"]  # the hold kernel ran on the comm stream
+    assert -1.0 < res["hidden_fraction"] < 1.5

@@ -5,6 +5,7 @@ and a readable table into a results folder.
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
     hpsgd-bench hook    [--device cpu|cuda] [--out bench/results]   (per-step overhead)
     hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--repeats 1] [--out bench/results]
+    hpsgd-bench step-overlap [--device cpu|cuda] [--steps 10]   (one rank: step vs slow all-reduce)
     hpsgd-bench netns   [--workers 2,4] [--bandwidth-mbit 200] [--seconds 10] [--out bench/results]
     hpsgd-bench report  [folder]        (one markdown page from the JSON in a results folder)
 """
@@ -59,6 +60,13 @@ def _hook(args) -> int:
     res = hook_overhead.run(device=device)
     return _emit(args.out, f"hook-overhead-{device}", res, hook_overhead.table(res),
                  lambda path: hook_overhead.plot(res, path))
+
+
+def _step_overlap(args) -> int:
+    from . import step_overlap
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    res = step_overlap.run(device=device, steps=args.steps)
+    return _emit(args.out, f"step-overlap-{device}", res, step_overlap.table(res))
 
 
 def _overlap(args) -> int:
@@ -127,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--repeats", type=int, default=1, help="runs per point; the median is reported")
     o.add_argument("--out", default="bench/results")
     o.set_defaults(fn=_overlap)
+    so = sub.add_parser("step-overlap", help="one rank: a transformer's steps against one slow all-reduce, "
+                                            "CUDA events and wall clock")
+    so.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    so.add_argument("--steps", type=int, default=10)
+    so.add_argument("--out", default="bench/results")
+    so.set_defaults(fn=_step_overlap)
     n = sub.add_parser("netns", help="all algorithms over real tc-shaped links between namespaces (root)")
     n.add_argument("--workers", default="2,4", help="comma-separated worker counts")
     n.add_argument("--bandwidth-mbit", type=float, default=200.0)
