@@ -18,7 +18,9 @@ that one round's own cost is at most ``budget`` of the window's compute:
   a step with no reduction in flight (intra-op threads, a data loader). CPU time,
   not wall time: it does not count waiting for a slower rank, and it is what the
   transport takes from the compute when cores are shared. On CUDA the transport
-  runs on the GPU (and NCCL's proxy thread spins), so there only the boundary counts;
+  runs on the GPU (and NCCL's proxy thread spins), so there only the boundary counts,
+  less its finite check's wait for the GPU to drain the queued steps (the GPU keeps
+  working meanwhile; see HPSGD._boundary);
 * ``min_window = ceil(cost / (budget x step))``, between 1 and ``max_window``,
   from an exponential average of ``cost``.
 

@@ -11,12 +11,13 @@ import os
 
 def _tables():
     from ..train import report as train_report
-    from . import comm, hook_overhead, kernels, netns, overlap
+    from . import comm, hook_overhead, kernels, netns, overlap, step_overlap
 
     return {
         "kernels": ("Fused kernels against eager PyTorch and a plain copy", lambda d: kernels.table(d["rows"])),
         "comm": ("Communicator against torch.distributed", lambda d: comm.table(d["per_rank"][0])),
         "hook_overhead": ("HPSGD's per-step overhead", hook_overhead.table),
+        "step_overlap": ("One rank: training steps against one slow all-reduce", step_overlap.table),
         "overlap": ("Overlap sweep under link emulation", overlap.table),
         "netns": ("Over real shaped links", netns.table),
         "train": ("Main job: accuracy in the same wall time", lambda d: train_report.table(d["runs"])),
