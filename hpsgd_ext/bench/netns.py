@@ -14,7 +14,7 @@ ALGOS = "none,ceiling,hpsgd,hpsgd-ref,ddp,localsgd"
 
 
 def run(workers=(2, 4), bandwidth_mbit: float = 200.0, seconds: float = 10.0, model: str = "mlp",
-        dataset: str = "digits") -> dict:
+        dataset: str = "digits-shifted") -> dict:
     sets = []
     for w in workers:
         cfg = parse(["--network", "netns", "--bandwidth-mbit", str(bandwidth_mbit), "--workers", str(w),
