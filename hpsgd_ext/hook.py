@@ -488,8 +488,8 @@ class HPSGD:
     def stats(self) -> dict:
         """rounds, local_steps, steps_per_round, exposed_seconds (training loop
         blocked by communication), comm_seconds, bytes_reduced, the communicator's
-        counters, and in auto mode the window sizing (min_window, idle_step_seconds,
-        round_cost_seconds)."""
+        counters, and in auto mode the window sizing (min_window, step_seconds,
+        round_cost_seconds; see hpsgd_ext/window.py)."""
         s = dict(self._stats)
         if self._window is not None:
             s.update(self._window.stats())
