@@ -49,7 +49,7 @@ def test_netns_bench_writes_json_table_and_plot(tmp_path):
     assert "% ceiling" in (tmp_path / "netns-100mbit.txt").read_text()
 
 
-def test_step_overlap_measures_all_three_cases(tmp_path):
+def test_step_overlap_measures_all_three_cases(world_of_one, tmp_path):  # the group is torn down after
     assert main(["step-overlap", "--device", "cpu", "--steps", "2", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "step-overlap-cpu.json").read_text())
     assert len(res["rows"]) == 5 and res["transport"].startswith("c10d")
