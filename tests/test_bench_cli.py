@@ -58,3 +58,18 @@ def test_step_overlap_measures_all_three_cases(world_of_one, tmp_path):  # the g
     assert m["comm_s"] > 0.5 * m["compute_s"] and m["both_s"] >= m["compute_s"] * 0.5
     assert -1.0 < res["hidden_fraction"] < 1.5
     assert "hidden:" in (tmp_path / "step-overlap-cpu.txt").read_text()
+
+
+def test_hook_benchmark_times_every_case_and_the_boundary(world_of_one, tmp_path):
+    from hpsgd_ext.bench import hook_overhead
+
+    res = hook_overhead.run(widths=(32,), steps=3, repeats=1)
+    cases = [r["case"] for r in res["rows"]]
+    assert cases[0] == "plain" and hook_overhead.BOUNDARY in cases and len(cases) == 4
+    (b,) = res["boundary"]
+    # each of the H=1 case's 3 steps (1 repeat) ended a round
+    assert b["rounds"] == 3 and b["boundary_s"] > 0 and b["fraction_of_step"] > 0
+    text = hook_overhead.table(res)
+    assert "boundary (fused round_step + issue)" in text and "% of one step" in text
+    hook_overhead.plot(res, str(tmp_path / "hook.png"))
+    assert (tmp_path / "hook.png").stat().st_size > 0
