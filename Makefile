@@ -16,7 +16,7 @@ endif
 
 PYTEST_ARGS ?=
 
-.PHONY: all venv build test test-py ctest bench demo clean
+.PHONY: all venv build test test-py ctest bench bench-check demo clean
 
 all: build
 
@@ -32,7 +32,7 @@ build: $(DEPS)
 	$(PY) setup.py -q build_ext --inplace
 	$(PY) -c "import hpsgd_ext as h; print('hpsgd_ext', h.__version__, 'cuda:', h.built_with_cuda(), 'nccl:', h.built_with_nccl())"
 
-test: build ctest test-py
+test: build ctest bench-check test-py
 
 test-py: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -52,6 +52,10 @@ ctest: $(DEPS)
 
 bench: build
 	$(PY) -m pytest bench --benchmark-only $(PYTEST_ARGS)
+
+# The benchmark suites once each, untimed, so that they cannot rot unnoticed.
+bench-check: build
+	$(PY) -m pytest bench --benchmark-disable -q
 
 clean:
 	rm -rf build cmake-build cmake-build.log hpsgd_ext/*.so
