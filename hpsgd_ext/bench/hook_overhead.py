@@ -90,16 +90,25 @@ def run(widths=(256, 1024), steps: int = 20, repeats: int = 60, device: str = "c
             ratio = statistics.median(t / t0 for t, t0 in zip(samples[k], samples["plain"]))
             rows.append({"width": width, "params": params, "case": k, "step_s": statistics.median(samples[k]),
                          "overhead": ratio - 1.0})
+        hook_us = {"fixed": _hook_call_us(fixed), "auto": _hook_call_us(auto)}
         assert auto.stats()["rounds"] == 1, "the auto case must stay inside one window"
         s = every.stats()
         own = (s["boundary_seconds"] - s["exposed_seconds"]) / s["rounds"]
         plain = statistics.median(samples["plain"])
         boundaries.append({"width": width, "params": params, "rounds": s["rounds"],
-                           "boundary_s": own, "fraction_of_step": own / plain})
+                           "boundary_s": own, "fraction_of_step": own / plain, "hook_call_us": hook_us})
         for hp in hps:
             hp.close()
     return {"benchmark": "hook_overhead", "device": device, "rows": rows, "boundary": boundaries,
             "window_bookkeeping_us": window_bookkeeping(device)}
+
+
+def _hook_call_us(hp: HPSGD, calls: int = 100_000) -> float:
+    """Microseconds of one call of the hook itself on a non-boundary step."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        hp._on_step(hp.optimizer, (), {})
+    return (time.perf_counter() - t0) / calls * 1e6
 
 
 def window_bookkeeping(device: str, calls: int = 200_000) -> dict:
@@ -120,14 +129,17 @@ def window_bookkeeping(device: str, calls: int = 200_000) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = [f"{'params':>9} {'case':28} {'step us':>9} {'overhead':>9}", "-" * 58]
+    lines = [f"{'params':>9} {'case':32} {'step us':>9} {'overhead':>9}", "-" * 62]
     for r in res["rows"]:
-        lines.append(f"{r['params']:9d} {r['case']:28} {r['step_s'] * 1e6:9.1f} {100 * r['overhead']:8.2f}%")
+        lines.append(f"{r['params']:9d} {r['case']:32} {r['step_s'] * 1e6:9.1f} {100 * r['overhead']:8.2f}%")
     wb = res.get("window_bookkeeping_us")
     if wb:
         lines.append(f"auto window bookkeeping alone: {wb['reduction_in_flight']:.2f} us per step with a "
                      f"reduction in flight, {wb['nothing_in_flight']:.2f} us without")
     for b in res.get("boundary", ()):
+        if "hook_call_us" in b:
+            h = b["hook_call_us"]
+            lines.append(f"hook call alone, {b['params']} params: {h['fixed']:.2f} us fixed H, {h['auto']:.2f} us auto")
         lines.append(f"boundary (fused round_step + issue), {b['params']} params: {b['boundary_s'] * 1e6:.0f} us "
                      f"per round = {100 * b['fraction_of_step']:.1f}% of one step; a window of H steps pays 1/H")
     return "\n".join(lines)
