@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from . import _C
+from .profiling import label
 
 __all__ = ["Communicator", "LinkModel", "Work", "CommError", "CommTimeoutError", "to_seconds",
            "link_allreduce_hook", "held_by_link"]
@@ -110,7 +111,7 @@ class Communicator:
         """Start a mean all-reduce of ``flat`` (float32/bfloat16/float16, contiguous)
         in place; returns its :class:`Work`. Several may be in flight; they complete
         in issue order. Every rank must issue the same sequence."""
-        with torch.profiler.record_function("hpsgd.all_reduce_async"):
+        with label("hpsgd.all_reduce_async"):
             return self._live().all_reduce_async(flat)
 
     @property

@@ -57,6 +57,7 @@ from torch import nn
 
 from . import ops
 from .comm import Communicator, LinkModel, to_seconds
+from .profiling import label
 from .window import AutoWindow
 
 __all__ = ["HPSGD"]
@@ -311,7 +312,7 @@ class HPSGD:
     @torch.no_grad()
     def _boundary(self) -> None:
         """End the current window: merge the previous round, start this one."""
-        with torch.profiler.record_function("hpsgd.boundary"):
+        with label("hpsgd.boundary"):
             t0 = time.perf_counter()
             steps = self._steps_in_window
             if self._pending is not None:
@@ -392,7 +393,7 @@ class HPSGD:
         flight, and leave every replica equal to the global model. No local step is
         lost or applied twice; call it on every rank (before evaluating, saving or
         leaving the training loop)."""
-        with torch.profiler.record_function("hpsgd.synchronize"):
+        with label("hpsgd.synchronize"):
             issued = torch.tensor([self._stats["rounds"]], dtype=torch.int64)
             dist.all_reduce(issued, op=dist.ReduceOp.MAX, group=self._ctrl)
             target = int(issued.item())

@@ -238,3 +238,18 @@ def test_constructor_fuzz(sync_every, replica, comm_dtype, outer_lr, outer_momen
     step(m, opt, 0)
     hp.synchronize()
     hp.close()
+
+
+def test_profiler_labels_only_while_a_profiler_runs():
+    from contextlib import nullcontext
+
+    from hpsgd_ext.profiling import label
+
+    assert isinstance(label("x"), nullcontext)  # no profiler: no RecordFunction scope
+    m, opt = model_opt()
+    with HPSGD(m, opt, sync_every=1) as hp:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step(m, opt, 0)
+            hp.synchronize()
+        names = {e.name for e in prof.events()}
+    assert {"hpsgd.boundary", "hpsgd.all_reduce_async", "hpsgd.synchronize"} <= names
