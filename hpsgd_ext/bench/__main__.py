@@ -3,7 +3,7 @@ and a readable table into a results folder.
 
     hpsgd-bench kernels [--device cpu|cuda] [--numel 50000000] [--out bench/results]
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
-    hpsgd-bench hook    [--device cpu|cuda] [--out bench/results]   (per-step overhead)
+    hpsgd-bench hook    [--device cpu|cuda] [--steps 1] [--repeats 1000]   (per-step overhead)
     hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--repeats 1] [--out bench/results]
     hpsgd-bench step-overlap [--device cpu|cuda] [--steps 10]   (one rank: step vs slow all-reduce)
     hpsgd-bench netns   [--workers 2,4] [--bandwidth-mbit 200] [--seconds 10] [--out bench/results]
@@ -57,7 +57,7 @@ def _comm(args) -> int:
 def _hook(args) -> int:
     from . import hook_overhead
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    res = hook_overhead.run(device=device)
+    res = hook_overhead.run(device=device, steps=args.steps, repeats=args.repeats)
     return _emit(args.out, f"hook-overhead-{device}", res, hook_overhead.table(res),
                  lambda path: hook_overhead.plot(res, path))
 
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=_comm)
     h = sub.add_parser("hook", help="HPSGD's per-step overhead on non-boundary steps")
     h.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    h.add_argument("--steps", type=int, default=1, help="steps per timed block")
+    h.add_argument("--repeats", type=int, default=1000, help="interleaved blocks per case")
     h.add_argument("--out", default="bench/results")
     h.set_defaults(fn=_hook)
     o = sub.add_parser("overlap", help="steps/s and loss over the comm/compute ratio, all algorithms")

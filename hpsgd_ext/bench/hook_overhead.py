@@ -58,10 +58,13 @@ def _only(hps: list, on) -> None:
             hp._handle = None
 
 
-def run(widths=(256, 1024), steps: int = 20, repeats: int = 60, device: str = "cpu") -> dict:
+def run(widths=(256, 1024), steps: int = 1, repeats: int = 1000, device: str = "cpu") -> dict:
     """Every case steps the same model, optimizer and data, with one HPSGD's hook
     switched on (or none): separately allocated copies of one model differ by up to
-    +-2% of a step here by where their tensors landed, more than the hook costs."""
+    +-2% of a step here by where their tensors landed, more than the hook costs.
+    Blocks of ``steps`` steps (default: single steps, each timed), cases interleaved
+    in rotating order ``repeats`` times: the host's load moves whole-step times by
+    tens of percent between runs, and single steps interleaved see the same load."""
     init_world_of_one()
     rows, boundaries = [], []
     for width in widths:
@@ -77,16 +80,15 @@ def run(widths=(256, 1024), steps: int = 20, repeats: int = 60, device: str = "c
             _steps(model, opt, x, y, 1, device)
         samples = {k: [] for k in cases}
         names = list(cases)
-        for i in range(repeats):  # short blocks, interleaved, so drift hits every case alike;
-            # the order rotates, so no case always follows the boundary case's cache traffic
+        for i in range(repeats):  # the order rotates, so no case always follows the
+            # boundary case's cache traffic
             for k in names[i % len(names):] + names[:i % len(names)]:
                 _only(hps, cases[k])
                 samples[k].append(_steps(model, opt, x, y, steps, device))
         _only(hps, None)
         params = sum(p.numel() for p in model.parameters())
         for k in cases:
-            # the median of each repeat's ratio to its own plain block: the host's load
-            # drifts by tens of percent between runs here, much less within one repeat
+            # the median of each repeat's ratio to its own plain block
             ratio = statistics.median(t / t0 for t, t0 in zip(samples[k], samples["plain"]))
             rows.append({"width": width, "params": params, "case": k, "step_s": statistics.median(samples[k]),
                          "overhead": ratio - 1.0})
