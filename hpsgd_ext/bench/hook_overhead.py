@@ -12,6 +12,7 @@ is also timed alone, per step, with a reduction in flight and without."""
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 
@@ -58,12 +59,27 @@ def _only(hps: list, on) -> None:
             hp._handle = None
 
 
+def _interleave(hps: list, cases: dict, model, opt, x, y, steps: int, repeats: int, device: str) -> dict:
+    """Seconds per step of each case, in blocks of ``steps``, the cases in a fresh
+    random order every repeat (so no case always follows the same other one)."""
+    order = random.Random(0)
+    names = list(cases)
+    samples = {k: [] for k in names}
+    for _ in range(repeats):
+        order.shuffle(names)
+        for k in names:
+            _only(hps, cases[k])
+            samples[k].append(_steps(model, opt, x, y, steps, device))
+    _only(hps, None)
+    return samples
+
+
 def run(widths=(256, 1024), steps: int = 1, repeats: int = 1000, device: str = "cpu") -> dict:
     """Every case steps the same model, optimizer and data, with one HPSGD's hook
     switched on (or none): separately allocated copies of one model differ by up to
     +-2% of a step here by where their tensors landed, more than the hook costs.
     Blocks of ``steps`` steps (default: single steps, each timed), cases interleaved
-    in rotating order ``repeats`` times: the host's load moves whole-step times by
+    in random order ``repeats`` times: the host's load moves whole-step times by
     tens of percent between runs, and single steps interleaved see the same load."""
     init_world_of_one()
     rows, boundaries = [], []
@@ -72,31 +88,27 @@ def run(widths=(256, 1024), steps: int = 1, repeats: int = 1000, device: str = "
         fixed = HPSGD(model, opt, sync_every=10**9)
         auto = HPSGD(model, opt, sync_every="auto", link=LinkModel(bandwidth=1.0, latency=0.0), timeout=3600)
         every = HPSGD(model, opt, sync_every=1)
-        cases = {"plain": None, "hpsgd fixed (no boundary)": fixed, "hpsgd auto (polling)": auto,
-                 BOUNDARY: every}
         hps = [fixed, auto, every]
         _only(hps, auto)
         while auto.stats()["rounds"] == 0:  # to the first boundary: a reduction now held for hours
             _steps(model, opt, x, y, 1, device)
-        samples = {k: [] for k in cases}
-        names = list(cases)
-        for i in range(repeats):  # the order rotates, so no case always follows the
-            # boundary case's cache traffic
-            for k in names[i % len(names):] + names[:i % len(names)]:
-                _only(hps, cases[k])
-                samples[k].append(_steps(model, opt, x, y, steps, device))
-        _only(hps, None)
+        # The boundary case is timed apart: a boundary leaves the caches cold for
+        # whichever step follows it, and that must not be a non-boundary case's step.
+        quiet = _interleave(hps, {"plain": None, "hpsgd fixed (no boundary)": fixed,
+                                  "hpsgd auto (polling)": auto}, model, opt, x, y, steps, repeats, device)
+        loud = _interleave(hps, {"plain": None, BOUNDARY: every}, model, opt, x, y, steps, repeats, device)
         params = sum(p.numel() for p in model.parameters())
-        for k in cases:
-            # the median of each repeat's ratio to its own plain block
-            ratio = statistics.median(t / t0 for t, t0 in zip(samples[k], samples["plain"]))
-            rows.append({"width": width, "params": params, "case": k, "step_s": statistics.median(samples[k]),
-                         "overhead": ratio - 1.0})
+        for samples, names in ((quiet, list(quiet)), (loud, [BOUNDARY])):
+            for k in names:
+                # the median of each repeat's ratio to the plain block of the same repeat
+                ratio = statistics.median(t / t0 for t, t0 in zip(samples[k], samples["plain"]))
+                rows.append({"width": width, "params": params, "case": k,
+                             "step_s": statistics.median(samples[k]), "overhead": ratio - 1.0})
         hook_us = {"fixed": _hook_call_us(fixed), "auto": _hook_call_us(auto)}
         assert auto.stats()["rounds"] == 1, "the auto case must stay inside one window"
         s = every.stats()
         own = (s["boundary_seconds"] - s["exposed_seconds"]) / s["rounds"]
-        plain = statistics.median(samples["plain"])
+        plain = statistics.median(quiet["plain"])
         boundaries.append({"width": width, "params": params, "rounds": s["rounds"],
                            "boundary_s": own, "fraction_of_step": own / plain, "hook_call_us": hook_us})
         for hp in hps:
