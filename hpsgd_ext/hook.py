@@ -301,11 +301,14 @@ class HPSGD:
         self._stats["local_steps"] += 1
         if self._window is not None:
             # The paper's rule (end the window once the previous round has landed),
-            # with a measured minimum window.
-            reduced = self._pending is None or all(w.is_completed() for w in self._pending)
-            if self._window.should_end(time.perf_counter(), self._steps_in_window, reduced):
+            # with a measured minimum window. A round's works complete in issue order,
+            # so its last one answers for every group.
+            now = time.perf_counter()
+            reduced = self._pending is None or self._pending[-1].is_completed()
+            if self._window.should_end(now, self._steps_in_window, reduced):
                 self._boundary()
-            self._window.step_done(time.perf_counter())
+                now = time.perf_counter()
+            self._window.step_done(now)
         elif self._steps_in_window >= self.sync_every:
             self._boundary()
 
