@@ -1,14 +1,13 @@
 """HPSGD's per-step cost. On non-boundary steps: a training step with no hook, with
 HPSGD and a window that never ends (a counter), and with HPSGD in auto mode while a
 reduction is held in flight (a counter and one completion query per step), all on one
-model and optimizer with one hook switched on at a time. At a
-boundary: HPSGD with a window of one step, so every step pays the fused round_step
-and the issue of a reduction; its own seconds per round (the boundary less any wait
-for the previous round) are reported as a fraction of a plain step, which is what a
-window of H steps pays 1/H of. Same model, same data, interleaved repeats, medians;
-one rank (the transport's cost of a real all-reduce is the comm benchmark's).
-Whole steps differ by about +-2% run to run here, so the auto window's own bookkeeping
-is also timed alone, per step, with a reduction in flight and without."""
+model and optimizer with one hook switched on at a time. At a boundary: HPSGD with a
+window of one step, so every step pays the fused round_step and the issue of a
+reduction; its own seconds per round (the boundary less any wait for the previous
+round) are reported as a fraction of a plain step, which is what a window of H steps
+pays 1/H of. One rank (the transport's cost of a real all-reduce is the comm
+benchmark's). Whole steps vary with the host's load, so the hook's own call and the
+auto window's bookkeeping are also timed alone."""
 
 from __future__ import annotations
 
