@@ -40,3 +40,25 @@ def assert_same(actual, expected):
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
     torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(),
                                equal_nan=True, **tolerance(actual.dtype))
+
+
+def snapshot_tensors(kw):
+    """Clones of every tensor in a call's keyword arguments (lists flattened, in order)."""
+    return [t.clone() for v in kw.values() for t in (v if isinstance(v, list) else [v])
+            if isinstance(t, torch.Tensor)]
+
+
+def bitwise_equal(a, b):
+    """Same dtype, shape and bytes. torch.equal calls NaN unequal to itself, and an output
+    from torch.empty may hold NaN garbage, so "left untouched" has to compare bits."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.detach().reshape(-1).view(torch.uint8),
+                       b.detach().reshape(-1).view(torch.uint8))
+
+
+def assert_untouched(kw, snap):
+    now = snapshot_tensors(kw)
+    assert len(now) == len(snap)
+    for a, b in zip(now, snap):
+        assert bitwise_equal(a, b), "a failed call modified its arguments"

@@ -8,6 +8,7 @@ import torch
 from hpsgd_ext import ops
 
 from conftest import DEVICES
+from helpers import assert_untouched, snapshot_tensors
 
 
 def base(device="cpu", n=(4, 3)):
@@ -21,25 +22,8 @@ def base(device="cpu", n=(4, 3)):
                 sent=torch.randn(tot, generator=g).to(device))
 
 
-def snapshot(kw):
-    snap = []
-    for v in kw.values():
-        if isinstance(v, torch.Tensor):
-            snap.append(v.clone())
-        elif isinstance(v, list):
-            snap.extend(t.clone() for t in v)
-    return snap
-
-
-def assert_untouched(kw, snap):
-    now = snapshot(kw)
-    assert len(now) == len(snap)
-    for a, b in zip(now, snap):
-        assert torch.equal(a, b), "a failed call modified its arguments"
-
-
 def expect_error(exc, match, **kw):
-    snap = snapshot(kw)
+    snap = snapshot_tensors(kw)
     with pytest.raises(exc, match=match):
         ops.round_step(**kw)
     assert_untouched(kw, snap)
