@@ -13,6 +13,9 @@ import torch
 
 
 def _commit() -> str:
+    # A copy of the tree without .git (the GPU machine gets one) is told its commit.
+    if os.environ.get("HPSGD_COMMIT"):
+        return os.environ["HPSGD_COMMIT"]
     try:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=root,

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU checks in one call on a lent machine (its python3 holds torch + CUDA):
+# build for sm_90, run every GPU test, then the CUDA benchmarks. Each stage has its
+# own time limit so that one slow stage cannot eat the others' time. Everything
+# lands in $OUT (at most 8 files come back): logs, and the results folder as a tarball.
+#   usage: bash bench/device_check.sh COMMIT
+set -u
+OUT=${OUT:?set OUT to a folder for the logs}
+export HPSGD_COMMIT=${1:-unknown} PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
+PY=${PY:-python3}
+RES=$(mktemp -d)
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+stage() {  # stage NAME SECONDS LOG COMMAND...
+    local name=$1 secs=$2 log=$3; shift 3
+    local t0=$SECONDS
+    timeout -k 5 "$secs" "$@" >>"$OUT/$log" 2>&1
+    local rc=$?
+    summary "$(printf '%-14s rc=%-3s %4ss  (limit %ss, log %s)' "$name" "$rc" $((SECONDS - t0)) "$secs" "$log")"
+    return $rc
+}
+
+{ date -u +%FT%TZ; echo "commit $HPSGD_COMMIT"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(), "nccl", torch.cuda.nccl.version())'
+  nvcc --version | tail -2; nproc; } >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+stage build 200 build.log $PY setup.py -q build_ext --inplace || { tail -40 "$OUT/build.log"; exit 1; }
+$PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl", h.built_with_nccl())' | tee -a "$OUT/summary.txt"
+
+PYT="$PY -m pytest -p no:cacheprovider -q -rfEs --timeout 120"
+stage tests-gpu 170 tests.log $PYT -m gpu tests/test_build.py tests/test_ops.py tests/test_ops_gpu.py \
+    tests/test_ops_errors.py tests/test_ops_opcheck.py tests/test_comm_gpu.py tests/test_hook_gpu.py
+tail -3 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
+
+B="$PY -m hpsgd_ext.bench"
+stage kernels 70 bench.log $B kernels --device cuda --out "$RES"
+stage comm 60 bench.log $B comm --device cuda --out "$RES"
+stage hook 60 bench.log $B hook --device cuda --repeats 500 --out "$RES"
+stage step-overlap 45 bench.log $B step-overlap --device cuda --out "$RES"
+tar czf "$OUT/results.tgz" -C "$RES" .
+for f in "$RES"/*.txt; do echo "== $(basename "$f")"; cat "$f"; done | tail -c 6000
+echo; cat "$OUT/summary.txt"
