@@ -28,7 +28,10 @@ stage build 200 build.log $PY setup.py -q build_ext --inplace || { tail -40 "$OU
 $PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl", h.built_with_nccl())' | tee -a "$OUT/summary.txt"
 
 PYT="$PY -m pytest -p no:cacheprovider -q -rfEs --timeout 120"
-stage tests-gpu 170 tests.log $PYT -m gpu tests/test_build.py tests/test_ops.py tests/test_ops_gpu.py \
+# In a worker process where pytest-xdist is there: a test that crashes the
+# interpreter is reported as failed and the rest still run.
+XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 1 --max-worker-restart 100"
+stage tests-gpu 200 tests.log $PYT $XDIST -m gpu tests/test_build.py tests/test_ops.py tests/test_ops_gpu.py \
     tests/test_ops_errors.py tests/test_ops_opcheck.py tests/test_comm_gpu.py tests/test_hook_gpu.py
 tail -3 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable

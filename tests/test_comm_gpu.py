@@ -71,6 +71,39 @@ def test_link_emulation_delays_completion(world_of_one):
     assert w.device_seconds >= link.duration(x.numel() * 4) * 0.95
 
 
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_teardown_cancels_a_held_link(world_of_one, how):
+    # An hour of emulated link: a hold that outlived its communicator would make
+    # every later device-wide synchronize wait for it.
+    comm = Communicator(device="cuda", timeout=30, link=LinkModel(bandwidth=1.0, latency=3600.0))
+    x = torch.ones(1024, device="cuda")
+    w = comm.all_reduce_async(x)
+    time.sleep(0.05)
+    assert not w.is_completed()
+    t0 = time.monotonic()
+    if how == "abort":
+        comm.abort("test")
+        with pytest.raises(hpsgd_ext.CommError):
+            w.wait()
+    comm.close()
+    del w
+    torch.cuda.synchronize()
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_hook_benchmark_on_cuda(world_of_one):
+    """`hpsgd-bench hook --device cuda` at a small size: its auto case holds a
+    reduction on the comm stream for hours, so it must time the compute stream
+    only and cancel the hold when it closes."""
+    from hpsgd_ext.bench import hook_overhead
+
+    t0 = time.monotonic()
+    res = hook_overhead.run(widths=(64,), repeats=5, device="cuda")
+    assert time.monotonic() - t0 < 60
+    assert {r["case"] for r in res["rows"]} >= {"plain", "hpsgd auto (polling)"}
+    assert res["boundary"][0]["rounds"] > 0
+
+
 def test_wrong_device_buffer_rejected(world_of_one):
     comm = Communicator(device="cuda", timeout=30)
     with pytest.raises(ValueError, match="flat is on cpu"):

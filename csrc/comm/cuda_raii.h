@@ -58,5 +58,33 @@ class CudaEvent {
   cudaEvent_t event_ = nullptr;
 };
 
+// A flag in pinned host memory that kernels can read while they run: the host
+// raises it, a polling kernel sees it within one poll, with no stream sync.
+class MappedFlag {
+ public:
+  MappedFlag() {
+    void* host = nullptr;
+    void* dev = nullptr;
+    HPSGD_CUDA_CHECK(cudaHostAlloc(&host, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable));
+    host_ = static_cast<volatile int*>(host);
+    *host_ = 0;
+    const cudaError_t e = cudaHostGetDevicePointer(&dev, host, 0);
+    if (e != cudaSuccess) cudaFreeHost(host);  // the destructor will not run
+    HPSGD_CUDA_CHECK(e);
+    dev_ = static_cast<volatile int*>(dev);
+  }
+  ~MappedFlag() {
+    if (host_) cudaFreeHost(const_cast<int*>(host_));
+  }
+  MappedFlag(const MappedFlag&) = delete;
+  MappedFlag& operator=(const MappedFlag&) = delete;
+  void raise() { *host_ = 1; }
+  const volatile int* device_ptr() const { return dev_; }
+
+ private:
+  volatile int* host_ = nullptr;
+  volatile int* dev_ = nullptr;
+};
+
 }  // namespace hpsgd::comm
 #endif

@@ -45,6 +45,7 @@ class NcclTransport final : public Transport {
   ncclComm_t comm_ = nullptr;
   std::unique_ptr<CudaStream> stream_;
   at::Tensor stamp_;  // device clock at the start of the current collective (link emulation)
+  std::unique_ptr<MappedFlag> cancel_holds_;  // raised on teardown: held links end at once
 };
 
 }  // namespace hpsgd::comm

@@ -54,15 +54,19 @@ class _Clock:
             torch.cuda.synchronize()
             self.e0, self.e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             self.e0.record()
+            self.stopped = False
         self.t0 = time.perf_counter()
         return self
 
     def stop_compute(self) -> None:
         if self.cuda:
             self.e1.record()
+            self.stopped = True
 
     def __exit__(self, *exc):
         if self.cuda:
+            if not self.stopped:  # a block with no compute: its events span nothing
+                self.stop_compute()
             torch.cuda.synchronize()
         self.wall = time.perf_counter() - self.t0
         self.compute_events = self.e0.elapsed_time(self.e1) / 1e3 if self.cuda else float("nan")
