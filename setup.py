@@ -11,6 +11,8 @@ Environment knobs:
   HPSGD_CPU_ARCH          -march for the CPU kernels (default x86-64-v3 when the
                           build machine has AVX2/FMA/F16C; "" for the compiler's default)
   MAX_JOBS                parallel compile jobs (default: sized to cores and memory)
+  CXX, CC                 the compilers; one that would copy libstdc++ into the extension
+                          is replaced by /usr/bin/g++ (see build_support/toolchain.py)
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ _find_cuda_home()
 
 import torch  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
+
+sys.path.insert(0, ROOT)
+from build_support.toolchain import check_built_library, use_shared_libstdcxx_compiler  # noqa: E402
 
 
 def _flag(name: str) -> str | None:
@@ -155,10 +160,18 @@ def _extension():
         extra_link_args=link)
 
 
+class _BuildExt(cpp_extension.BuildExtension):
+    def build_extensions(self) -> None:
+        super().build_extensions()
+        for ext in self.extensions:
+            check_built_library(self.get_ext_fullpath(ext.name))
+
+
 _default_jobs()
+use_shared_libstdcxx_compiler(lambda msg: print(msg, flush=True))
 
 setup(
     packages=find_packages(include=["hpsgd_ext", "hpsgd_ext.*"]),
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExt.with_options(use_ninja=True)},
 )

@@ -34,3 +34,25 @@ def test_ops_registered_for_each_built_device():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
         if hpsgd_ext.built_with_cuda():
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
+
+
+def test_extension_uses_the_process_libstdcxx():
+    # A private copy of libstdc++ in the extension formats numbers with the wrong
+    # locale facet: its error messages lost their numbers here and segfaulted on a GPU machine.
+    from build_support.toolchain import defines_libstdcxx
+
+    found = defines_libstdcxx(hpsgd_ext._C.__file__)
+    if found is None:
+        pytest.skip("no nm on this machine")
+    assert not found
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+def test_toolchain_probe_tells_static_from_shared_libstdcxx():
+    from build_support.toolchain import links_libstdcxx_statically
+
+    shared = links_libstdcxx_statically("g++")
+    if shared is None:
+        pytest.skip("no nm on this machine")
+    assert shared is False
+    assert links_libstdcxx_statically("g++ -static-libstdc++") is True

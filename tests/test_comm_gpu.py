@@ -31,9 +31,10 @@ def test_compute_stream_not_blocked_by_long_collective(world_of_one):
     # 1 GB/s emulated: 256 MB holds the comm stream ~0.27 s.
     comm = Communicator(device="cuda", timeout=30, link=LinkModel(bandwidth=1e9, latency=0.0))
     x = torch.ones(64 * 2**20, device="cuda")
+    y = torch.randn(2048, 2048, device="cuda")
+    (y @ y).sum().item()  # cuBLAS's first call sets up for longer than the whole hold
     torch.cuda.synchronize()
     work = comm.all_reduce_async(x)
-    y = torch.randn(2048, 2048, device="cuda")
     done = torch.cuda.Event()
     for _ in range(5):
         y = y @ y / 2048

@@ -1,0 +1,1 @@
+"""Helpers the build (setup.py) uses; not part of the installed package."""
