@@ -19,7 +19,10 @@ benchmarks and the demo on one machine: one serial link, each collective's
 completion held until ``max(issue, previous finish) + latency + bytes / bandwidth``
 (CPU: checked by the waiting thread; CUDA: a one-thread delay kernel on the comm
 stream). Pass the same ``LinkModel`` object to baselines so every algorithm sees
-the same link.
+the same link. On CUDA, warm up before a long hold: with lazy module loading
+(CUDA's default), the first launch of a kernel may wait for every running kernel,
+the spinning hold too, so a step that launches something new stalls until the
+emulated link is free. Closing or aborting the communicator ends its holds.
 """
 
 from __future__ import annotations
