@@ -27,7 +27,7 @@ cat "$OUT/env.txt"
 stage build 200 build.log $PY setup.py -q build_ext --inplace || { tail -40 "$OUT/build.log"; exit 1; }
 $PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl", h.built_with_nccl())' | tee -a "$OUT/summary.txt"
 
-PYT="$PY -m pytest -p no:cacheprovider -q -rfEs --timeout 120"
+PYT="$PY -m pytest -p no:cacheprovider -q -rfEs --timeout 60"
 # In a worker process where pytest-xdist is there: a test that crashes the
 # interpreter is reported as failed and the rest still run.
 XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 1 --max-worker-restart 100"
@@ -39,7 +39,7 @@ stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
 B="$PY -m hpsgd_ext.bench"
 stage kernels 70 bench.log $B kernels --device cuda --out "$RES"
 stage comm 60 bench.log $B comm --device cuda --out "$RES"
-stage hook 60 bench.log $B hook --device cuda --repeats 500 --out "$RES"
+stage hook 90 bench.log $B hook --device cuda --repeats 500 --out "$RES"
 stage step-overlap 45 bench.log $B step-overlap --device cuda --out "$RES"
 tar czf "$OUT/results.tgz" -C "$RES" .
 for f in "$RES"/*.txt; do echo "== $(basename "$f")"; cat "$f"; done | tail -c 6000
