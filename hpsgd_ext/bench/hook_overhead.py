@@ -96,7 +96,8 @@ def run(widths=(256, 1024), steps: int = 1, repeats: int = 1000, device: str = "
             _steps(model, opt, x, y, 3, device)
         warm = every.stats()  # the boundary's own cost below leaves these first rounds out
         _only(hps, auto)
-        while auto.stats()["rounds"] == 0:  # to the first boundary: a reduction now held for hours (close() cancels the hold)
+        # To the first boundary: a reduction now held for hours (close() cancels the hold).
+        while auto.stats()["rounds"] == 0:
             _steps(model, opt, x, y, 1, device)
         # The boundary case is timed apart: a boundary leaves the caches cold for
         # whichever step follows it, and that must not be a non-boundary case's step.
@@ -112,7 +113,8 @@ def run(widths=(256, 1024), steps: int = 1, repeats: int = 1000, device: str = "
                              "step_s": statistics.median(samples[k]), "overhead": ratio - 1.0})
         hook_us = {"fixed": _hook_call_us(fixed), "auto": _hook_call_us(auto)}
         assert auto.stats()["rounds"] == 1, "the auto case must stay inside one window"
-        s = {k: every.stats()[k] - warm[k] for k in ("boundary_seconds", "exposed_seconds", "rounds")}
+        now = every.stats()
+        s = {k: now[k] - warm[k] for k in ("boundary_seconds", "exposed_seconds", "rounds")}
         own = (s["boundary_seconds"] - s["exposed_seconds"]) / s["rounds"]
         plain = statistics.median(quiet["plain"])
         boundaries.append({"width": width, "params": params, "rounds": s["rounds"],
