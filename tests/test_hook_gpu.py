@@ -3,6 +3,8 @@ stream, the reduction on the comm stream, no CPU block at a boundary."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -71,3 +73,16 @@ def test_long_run_allocates_nothing_per_round():
     assert torch.cuda.memory_allocated() - before <= 1 << 20  # nothing kept per round
     hp.synchronize()
     hp.close()
+
+
+def test_hook_benchmark_on_cuda():
+    """`hpsgd-bench hook --device cuda` at a small size: its auto case holds a
+    reduction on the comm stream for hours, so it must time the compute stream
+    only, load every kernel before the hold starts, and cancel the hold when it closes."""
+    from hpsgd_ext.bench import hook_overhead
+
+    t0 = time.monotonic()
+    res = hook_overhead.run(widths=(64,), repeats=5, device="cuda")
+    assert time.monotonic() - t0 < 60
+    assert {r["case"] for r in res["rows"]} >= {"plain", "hpsgd auto (polling)"}
+    assert res["boundary"][0]["rounds"] > 0
