@@ -198,3 +198,20 @@ def test_auto_window_a_slower_phase_after_evaluation_sets_the_median():
         w.restart()
         now += 0.4
     assert w.stats()["step_seconds"] == pytest.approx(1e-3, rel=1e-9)
+
+
+# --- 6 (premise). step post-hooks run in registration order -----------------------------------
+def test_a_post_hook_registered_before_hpsgd_runs_before_its_boundary():
+    """tests/oracle_workers.StepRecorder relies on it: registered before HPSGD, a
+    post-hook sees the parameters the optimizer wrote, before the boundary moves them."""
+    m, opt = model_opt()
+    hp_ref, seen = [], []
+    h1 = opt.register_step_post_hook(lambda *_: seen.append(("before", hp_ref[0].stats()["rounds"])))
+    hp = HPSGD(m, opt, sync_every=1)
+    hp_ref.append(hp)
+    h2 = opt.register_step_post_hook(lambda *_: seen.append(("after", hp.stats()["rounds"])))
+    step(m, opt, 0)
+    assert seen == [("before", 0), ("after", 1)]
+    h1.remove()
+    h2.remove()
+    hp.close()
