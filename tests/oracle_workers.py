@@ -132,4 +132,4 @@ def optimizer_step_oracle(rank, world, sync_every, phases, slow_rank, slow_s):
     return {"errors": errors, "late_gap": late_gap, "catch_ups": catch_ups,
             "moved": (flat_params(model).double() - start).abs().max().item(),
             "identical": same_on_every_rank(flat_params(model), world),
-            "rounds": st["rounds"], "local_steps": st["local_steps"]}
+            "rounds": st["rounds"], "local_steps": st["local_steps"], "min_window": st.get("min_window")}
