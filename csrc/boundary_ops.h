@@ -57,13 +57,16 @@ struct BoundaryOps {
                          const std::optional<at::Tensor>& reduced, const at::Tensor& out,
                          double lr, std::optional<at::TensorList> momentum_buffers,
                          double momentum, bool nesterov,
-                         const std::optional<at::Tensor>& sent) {
+                         const std::optional<at::Tensor>& sent, int64_t divisor,
+                         const std::optional<at::Tensor>& verdict) {
     PlanRequest q{"hpsgd.round_step", params};
     q.anchors = anchors;
     q.momenta = momentum_buffers;
     q.reduced = reduced;
     q.out = required(out, q.op, "out");
     q.sent = sent;
+    q.divisor = divisor;
+    q.verdict = verdict;
     q.write_params = true;
     q.lr = lr;
     q.momentum = momentum;

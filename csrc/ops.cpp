@@ -12,5 +12,6 @@ TORCH_LIBRARY(hpsgd, m) {
   m.def(
       "round_step(Tensor(a!)[] params, Tensor(b!)[] anchors, Tensor? reduced, "
       "Tensor(c!) out, float lr=1.0, Tensor(d!)[]? momentum_buffers=None, "
-      "float momentum=0.0, bool nesterov=False, Tensor(e!)? sent=None) -> ()");
+      "float momentum=0.0, bool nesterov=False, Tensor(e!)? sent=None, int divisor=1, "
+      "Tensor? verdict=None) -> ()");
 }

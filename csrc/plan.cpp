@@ -85,6 +85,24 @@ Plan make_plan(const PlanRequest& q) {
   HPSGD_CHECK_ARG(std::isfinite(q.lr), op, ": lr is ", q.lr, "; expected a finite number");
   HPSGD_CHECK_ARG(std::isfinite(q.momentum) && q.momentum >= 0.0, op, ": momentum is ",
                   q.momentum, "; expected a finite number >= 0");
+  HPSGD_CHECK_ARG(q.divisor >= 1, op, ": divisor is ", q.divisor,
+                  "; expected an integer >= 1 (the number of ranks the SUM all-reduce adds)");
+  const bool has_verdict = q.verdict.has_value() && q.verdict->defined();
+  if (has_verdict) {
+    const at::Tensor& v = *q.verdict;
+    const bool has_reduced = q.reduced.has_value() && q.reduced->defined();
+    HPSGD_CHECK_ARG(has_reduced, op, ": verdict is given but ", q.reduced_name,
+                    " is None; expected verdict only with a reduced round to judge");
+    HPSGD_CHECK_ARG(v.layout() == at::kStrided, op, ": verdict has layout ", v.layout(),
+                    "; expected a dense (strided) tensor");
+    HPSGD_CHECK_TYPE(v.scalar_type() == at::kFloat, op, ": verdict has dtype ",
+                     v.scalar_type(), "; expected float32");
+    HPSGD_CHECK_ARG(v.numel() == 1, op, ": verdict has ", v.numel(),
+                    " elements; expected exactly 1");
+    HPSGD_CHECK_ARG(v.device() == *device, op, ": verdict is on ", v.device(),
+                    " but the other tensors are on ", *device,
+                    "; expected the verdict on the parameters' device");
+  }
 
   auto check_list_len = [&](const std::optional<at::TensorList>& l, const char* name) {
     if (l.has_value())
@@ -170,9 +188,11 @@ Plan make_plan(const PlanRequest& q) {
   pl.cfg.momentum = !has_momenta ? kNoMomentum : (q.nesterov ? kNesterov : kMomentum);
   pl.lr = static_cast<float>(q.lr);
   pl.mu = static_cast<float>(q.momentum);
+  pl.divisor = static_cast<float>(q.divisor);
+  if (has_verdict) pl.verdict = *q.verdict;
 
   std::vector<Range> ranges;
-  ranges.reserve(3 * n + 3);
+  ranges.reserve(3 * n + 4);
   for (int64_t i = 0; i < n; ++i) {
     add_range(ranges, pl.params[i], pl.params[i].numel(), pl.write_params,
               item(q.params_name, i));
@@ -186,6 +206,8 @@ Plan make_plan(const PlanRequest& q) {
   if (pl.out.defined()) add_range(ranges, pl.out, total, true, "out");
   if (pl.reduced.defined()) add_range(ranges, pl.reduced, total, false, q.reduced_name);
   if (pl.sent.defined()) add_range(ranges, pl.sent, total, true, "sent");
+  // Read by every thread while the others write: it must not alias an output.
+  if (pl.verdict.defined()) add_range(ranges, pl.verdict, 1, false, "verdict");
   check_no_overlap(op, ranges);
   return pl;
 }

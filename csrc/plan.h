@@ -23,6 +23,10 @@ struct PlanRequest {
   std::optional<at::Tensor> reduced;
   const char* reduced_name = "reduced";
   std::optional<at::Tensor> sent;
+  // round_step only: the wire's pre-division (see rule.h) and the device-side
+  // merge-or-discard verdict on `reduced` (1 float32 element; absent = merge).
+  int64_t divisor = 1;
+  std::optional<at::Tensor> verdict;
   bool write_params = false;
   double lr = 1.0;
   double momentum = 0.0;
@@ -34,6 +38,9 @@ struct Plan {
   std::vector<at::Tensor> params, anchors, momenta;
   // Flat streams, undefined when absent. Segment i is [offsets[i], +numel).
   at::Tensor out, reduced, sent;
+  // Undefined, or 1 float32 element on the call's device, read only by the
+  // kernel: the host never learns whether the round was merged or discarded.
+  at::Tensor verdict;
   std::vector<int64_t> offsets;
   int64_t total = 0;
   at::ScalarType param_dtype = at::kFloat, anchor_dtype = at::kFloat,
@@ -42,7 +49,7 @@ struct Plan {
   // Anchors (and momenta) change only when a reduction is merged.
   bool write_anchors() const { return !anchors.empty() && reduced.defined(); }
   RuntimeCfg cfg{};
-  float lr = 1.f, mu = 0.f;
+  float lr = 1.f, mu = 0.f, divisor = 1.f;
 
   int64_t size() const { return static_cast<int64_t>(params.size()); }
   bool empty() const { return total == 0; }

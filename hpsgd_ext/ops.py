@@ -55,20 +55,36 @@ def round_step(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
                reduced: Optional[torch.Tensor], out: torch.Tensor, lr: float = 1.0,
                momentum_buffers: Optional[Sequence[torch.Tensor]] = None,
                momentum: float = 0.0, nesterov: bool = False,
-               sent: Optional[torch.Tensor] = None) -> torch.Tensor:
+               sent: Optional[torch.Tensor] = None, divisor: int = 1,
+               verdict: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The fused round boundary, per element with the values before the update
-    (``S = seg(sent)`` or 0, ``R = seg(reduced)``):
+    (``S = seg(sent)`` or 0, ``R = seg(reduced)``, ``D = divisor``; float32 math):
 
-    1. ``d = p - a - S``; ``out = d`` (cast to ``out.dtype``);
+    1. ``d = p - a - D*S``; ``out = d / D`` (cast to ``out.dtype``);
     2. outer step: ``lr*R``; with momentum buffers ``m = momentum*m + R`` and
        ``lr*(R + momentum*m)`` (nesterov) or ``lr*m``; 0 when ``reduced`` is None;
     3. ``a += step``;
-    4. ``sent`` None: ``p = a`` (reset); else ``p = a + d`` and ``sent = d`` (keep).
+    4. ``sent`` None: ``p = a`` (reset); else ``p = a + d`` and ``sent = d / D``
+       (keep; ``sent`` equals ``out`` bit for bit, in wire units).
+
+    ``divisor`` (an integer >= 1, normally the world size): the wire carries the
+    change pre-divided, so a SUM all-reduce over ``D`` ranks yields the mean. This
+    folds the mean's ``1/D`` into the boundary's single pass, and no partial sum can
+    overflow a representable mean (fp16: two ranks of 40000 sum to 40000, not inf).
+    ``divisor=1`` is exactly the undivided rule.
+
+    ``verdict`` (optional, only with ``reduced``): a 1-element float32 tensor on the
+    parameters' device, read by the kernel on the device (the host never waits for
+    it). Nonzero and not NaN: merge as above. 0 or NaN: discard -- the reduced
+    round is not merged and the window in progress is thrown away: anchors and
+    momentum buffers are left bitwise untouched, ``p = a``, ``out = 0`` and
+    ``sent = 0``. This lets the device decide merge-or-discard (a non-finite or
+    failed reduction) without the host learning the value.
     """
     torch.ops.hpsgd.round_step(
         list(params), list(anchors), reduced, out, float(lr),
         None if momentum_buffers is None else list(momentum_buffers),
-        float(momentum), bool(nesterov), sent)
+        float(momentum), bool(nesterov), sent, int(divisor), verdict)
     return out
 
 
@@ -96,5 +112,5 @@ def _merge_fake(params, anchors, reduced, lr=1.0):
 
 @torch.library.register_fake("hpsgd::round_step")
 def _round_step_fake(params, anchors, reduced, out, lr=1.0, momentum_buffers=None,
-                     momentum=0.0, nesterov=False, sent=None):
+                     momentum=0.0, nesterov=False, sent=None, divisor=1, verdict=None):
     return None

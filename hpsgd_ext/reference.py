@@ -23,11 +23,25 @@ def _segments(tensors: Sequence[torch.Tensor], flat: Optional[torch.Tensor]):
 
 @torch.no_grad()
 def round_step(params, anchors, reduced, out, lr=1.0, momentum_buffers=None,
-               momentum=0.0, nesterov=False, sent=None, *, write_params=True,
-               has_anchor=True):
-    """The full rule; the other ops are special cases of it (see below)."""
+               momentum=0.0, nesterov=False, sent=None, divisor=1, verdict=None, *,
+               write_params=True, has_anchor=True):
+    """The full rule; the other ops are special cases of it (see below).
+
+    The float32 operations are the kernels' (csrc/rule.h), in the same order:
+    ``d = p - a - D*s``, ``w = d / D`` (a true division by a tensor: torch turns a
+    division by a scalar into a multiplication by its reciprocal on CUDA).
+    """
     if nesterov and momentum_buffers is None:
         raise ValueError("nesterov needs momentum_buffers")
+    if int(divisor) < 1:
+        raise ValueError(f"divisor is {divisor}; expected an integer >= 1")
+    if verdict is not None and reduced is None:
+        raise ValueError("verdict is given but reduced is None")
+    # The oracle may read the verdict on the host; the kernels never do.
+    discard = False
+    if verdict is not None:
+        v = float(verdict.reshape(-1)[0].item())
+        discard = not (v != 0.0 and v == v)
     red = list(_segments(params, reduced))
     outs = list(_segments(params, out))
     sents = list(_segments(params, sent))
@@ -35,10 +49,21 @@ def round_step(params, anchors, reduced, out, lr=1.0, momentum_buffers=None,
         shape = p.shape
         p32 = p.reshape(-1).float()
         a32 = anchors[i].reshape(-1).float() if has_anchor else torch.zeros_like(p32)
+        if discard:
+            # Not merged, window discarded: a and m untouched, p = a, out = sent = 0.
+            if out is not None:
+                outs[i][2].zero_()
+            if write_params:
+                p.copy_(a32.view(shape))
+            if sent is not None:
+                sents[i][2].zero_()
+            continue
+        D = torch.full_like(p32, float(divisor))
         s32 = sents[i][2].float() if sent is not None else torch.zeros_like(p32)
-        d = p32 - a32 - s32
+        d = p32 - a32 - D * s32
+        w = d / D
         if out is not None:
-            outs[i][2].copy_(d)
+            outs[i][2].copy_(w)
         step = torch.zeros_like(p32)
         if reduced is not None:
             r = red[i][2].float()
@@ -54,7 +79,7 @@ def round_step(params, anchors, reduced, out, lr=1.0, momentum_buffers=None,
         if write_params:
             p.copy_((a_new + d if sent is not None else a_new).view(shape))
         if sent is not None:
-            sents[i][2].copy_(d)
+            sents[i][2].copy_(w)
     return out
 
 

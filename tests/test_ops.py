@@ -11,7 +11,8 @@ import torch
 from hpsgd_ext import ops, reference as ref
 
 from conftest import DEVICES
-from helpers import FLOATS, PARAM_ANCHOR, assert_same, clone_all, poisoned, rand_list
+from helpers import (FLOATS, PARAM_ANCHOR, assert_same, bitwise_equal, clone_all, poisoned,
+                     rand_list)
 
 # Sizes that cross the CPU chunk (65536) and CUDA chunk (8192) boundaries, odd
 # lengths that misalign every later segment, empty tensors between others.
@@ -56,15 +57,29 @@ def check_all(k, r):
             assert_same(x, y)
 
 
+# (divisor, verdict): the undivided and a pre-divided wire; no verdict, a valid one
+# and the two ways of saying "discard" (0 and NaN). A verdict needs `reduced`.
+DIVISOR_VERDICT = [(d, v) for v in [None, 1.0, 0.0, float("nan")] for d in [1, 3]]
+
+
+def verdict_tensor(v, device):
+    return None if v is None else torch.tensor([v], dtype=torch.float32, device=device)
+
+
+def is_discard(v):
+    return v is not None and not (v != 0.0 and v == v)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("p_dt,a_dt", PARAM_ANCHOR, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("f_dt", FLOATS, ids=lambda d: "flat_" + str(d).split(".")[-1])
-@pytest.mark.parametrize("reduced,mom,sent", [
-    (r, m, s) for r, m, s in itertools.product([False, True], MOMENTUM, [False, True])
-    if r or m is None], ids=str)
-def test_round_step_matches_reference(device, p_dt, a_dt, f_dt, reduced, mom, sent):
+@pytest.mark.parametrize("reduced,mom,sent,divisor,verdict", [
+    (r, m, s, d, v) for r, m, s, (d, v) in itertools.product(
+        [False, True], MOMENTUM, [False, True], DIVISOR_VERDICT)
+    if (r or m is None) and (r or v is None)], ids=str)
+def test_round_step_matches_reference(device, p_dt, a_dt, f_dt, reduced, mom, sent, divisor, verdict):
     args = make_round(AWKWARD, p_dt, a_dt, f_dt, device, seed=1, reduced=reduced, mom=mom, sent=sent)
-    kwargs = dict(lr=0.7)
+    kwargs = dict(lr=0.7, divisor=divisor, verdict=verdict_tensor(verdict, device))
     if mom:
         kwargs.update(momentum=mom[0], nesterov=mom[1])
     k, r = run_both(args, kwargs)
@@ -73,8 +88,28 @@ def test_round_step_matches_reference(device, p_dt, a_dt, f_dt, reduced, mom, se
     # The flat tail beyond the total is never touched.
     assert torch.isnan(k[3][n:]).all()
     if sent:
-        # keep-own-progress: sent holds exactly what was sent.
+        # keep-own-progress: sent holds exactly what was sent (in wire units).
         assert torch.equal(k[5][:n], k[3][:n])
+        assert bitwise_equal(k[5][n:], args[5][n:])
+    if is_discard(verdict):
+        # Discarded: anchors and momenta bitwise untouched, p = a, nothing on the wire.
+        for x, x0 in zip(k[1], args[1]):
+            assert bitwise_equal(x, x0)
+        for x, x0 in zip(k[4] or [], args[4] or []):
+            assert bitwise_equal(x, x0)
+        for p, a in zip(k[0], args[1]):
+            assert bitwise_equal(p, a.to(p_dt))
+        assert bitwise_equal(k[3][:n], torch.zeros(n, dtype=f_dt, device=device))
+        if sent:
+            assert bitwise_equal(k[5][:n], torch.zeros(n, dtype=f_dt, device=device))
+    elif divisor == 1 and verdict is not None:
+        # A valid verdict is the plain call, bit for bit.
+        plain = dict(kwargs, verdict=None)
+        k2, _ = run_both(args, plain)
+        for xs, ys in zip(k, k2):
+            for x, y in zip(xs if isinstance(xs, list) else [xs], ys if isinstance(ys, list) else [ys]):
+                if x is not None:
+                    assert bitwise_equal(x, y)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -162,6 +197,64 @@ def test_misaligned_views(device):
     args = (ps, anchors, red, out, None, sent)
     k, r = run_both(args, dict(lr=0.9))
     check_all(k, r)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_round_rule_semantics_divisor(device):
+    """The pre-divided wire, by hand: d = p - a - D*s; out = sent = d / D; p = a + d."""
+    p = torch.tensor([3.0, -1.0], device=device)
+    a = torch.tensor([1.0, 1.0], device=device)
+    r = torch.tensor([0.5, -0.5], device=device)
+    s = torch.tensor([0.25, 0.5], device=device)
+    out = torch.empty(2, device=device)
+    ops.round_step([p], [a], r, out, lr=2.0, sent=s, divisor=2,
+                   verdict=torch.tensor([-3.0], device=device))
+    d = torch.tensor([3.0 - 1.0 - 2 * 0.25, -1.0 - 1.0 - 2 * 0.5], device=device)
+    a_new = torch.tensor([1.0 + 1.0, 1.0 - 1.0], device=device)
+    assert torch.equal(out, d / 2)
+    assert torch.equal(s, d / 2)
+    assert torch.equal(a, a_new)
+    assert torch.equal(p, a_new + d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("v", [0.0, -0.0, float("nan")], ids=str)
+def test_round_rule_semantics_discard(device, v):
+    """A verdict of 0 or NaN, by hand: the round is not merged, the window is dropped."""
+    p = torch.tensor([3.0, -1.0], device=device)
+    a = torch.tensor([1.0, float("nan")], device=device)  # a NaN anchor is kept bit for bit
+    m = torch.tensor([1.0, 2.0], device=device)
+    r = torch.tensor([0.5, float("inf")], device=device)
+    s = torch.tensor([0.25, 0.5], device=device)
+    out = torch.full((2,), 7.0, device=device)
+    a0, m0 = a.clone(), m.clone()
+    ops.round_step([p], [a], r, out, lr=2.0, momentum_buffers=[m], momentum=0.5, sent=s,
+                   divisor=4, verdict=torch.tensor([v], device=device))
+    assert bitwise_equal(a, a0) and bitwise_equal(m, m0)
+    assert bitwise_equal(p, a0)
+    assert torch.equal(out, torch.zeros(2, device=device))
+    assert torch.equal(s, torch.zeros(2, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_divisor_keeps_fp16_sum_finite(device):
+    """Two ranks, each with a change of 40000, an fp16 wire: undivided, their SUM
+    (80000) overflows fp16; with divisor=2 each sends 20000 and the sum is the mean."""
+    outs = []
+    for _ in range(2):
+        p = [torch.full((5,), 40000.0, device=device)]
+        a = [torch.zeros(5, device=device)]
+        out = torch.empty(5, dtype=torch.float16, device=device)
+        ops.round_step(p, a, None, out, divisor=2)
+        assert torch.equal(out, torch.full((5,), 20000.0, dtype=torch.float16, device=device))
+        outs.append(out)
+    total = outs[0] + outs[1]  # what a SUM all-reduce over the two ranks computes
+    assert torch.isfinite(total).all()
+    assert torch.equal(total, torch.full((5,), 40000.0, dtype=torch.float16, device=device))
+    undivided = torch.empty(5, dtype=torch.float16, device=device)
+    ops.round_step([torch.full((5,), 40000.0, device=device)], [torch.zeros(5, device=device)],
+                   None, undivided)
+    assert torch.isinf(undivided + undivided).all()
 
 
 def test_round_step_none_reduced_leaves_anchor():

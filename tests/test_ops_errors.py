@@ -130,6 +130,54 @@ def test_scalar_options(device):
     expect_error(ValueError, r"momentum is -0.5", momentum=-0.5, momentum_buffers=mb, **kw)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("divisor", [0, -1, -(2**40)])
+def test_bad_divisor(device, divisor):
+    kw = base(device)
+    expect_error(ValueError, rf"hpsgd.round_step: divisor is {divisor}; expected an integer >= 1",
+                 divisor=divisor, **kw)
+    expect_error(ValueError, rf"divisor is {divisor}", divisor=divisor,
+                 verdict=torch.ones(1, device=device), **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_verdict(device):
+    kw = base(device)
+    kw["verdict"] = torch.ones(1, device=device)
+    kw["reduced"] = None
+    expect_error(ValueError, r"hpsgd.round_step: verdict is given but reduced is None", **kw)
+    kw = base(device)
+    expect_error(TypeError, r"verdict has dtype Double; expected float32",
+                 verdict=torch.ones(1, dtype=torch.float64, device=device), **kw)
+    expect_error(TypeError, r"verdict has dtype Int; expected float32",
+                 verdict=torch.ones(1, dtype=torch.int32, device=device), **kw)
+    expect_error(TypeError, r"verdict has dtype Half; expected float32",
+                 verdict=torch.ones(1, dtype=torch.float16, device=device), **kw)
+    expect_error(ValueError, r"verdict has 2 elements; expected exactly 1",
+                 verdict=torch.ones(2, device=device), **kw)
+    expect_error(ValueError, r"verdict has 0 elements; expected exactly 1",
+                 verdict=torch.ones(0, device=device), **kw)
+    # one element of any shape is fine
+    ops.round_step(verdict=torch.ones(1, 1, device=device), **base(device))
+    # read by the kernel while it writes: it must not alias an output
+    kw = base(device)
+    kw["verdict"] = kw["sent"][2:3]
+    expect_error(ValueError, r"(verdict overlaps sent|sent overlaps verdict)", **kw)
+    kw = base(device)
+    kw["verdict"] = kw["params"][1][0:1]
+    expect_error(ValueError, r"overlaps", **kw)
+
+
+@pytest.mark.gpu
+def test_verdict_on_another_device_rejected():
+    kw = base("cuda")
+    expect_error(ValueError, r"verdict is on cpu but the other tensors are on cuda:0",
+                 verdict=torch.ones(1), **kw)
+    kw = base("cpu")
+    expect_error(ValueError, r"verdict is on cuda:0 but the other tensors are on cpu",
+                 verdict=torch.ones(1, device="cuda"), **kw)
+
+
 @pytest.mark.gpu
 def test_mixed_devices_rejected():
     kw = base("cuda")

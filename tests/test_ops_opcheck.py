@@ -27,6 +27,12 @@ def samples(device):
     yield (torch.ops.hpsgd.round_step.default,
            ([r(3, 4), r(5)], [r(3, 4), r(5)], r(17), r(17)),
            {"lr": 0.7, "momentum_buffers": ms, "momentum": 0.9, "nesterov": True, "sent": r(17)})
+    for v in (1.0, 0.0):  # merged and discarded, pre-divided wire
+        yield (torch.ops.hpsgd.round_step.default,
+               ([r(3, 4), r(5)], [r(3, 4), r(5)], r(17, dt=torch.float16), r(17, dt=torch.float16)),
+               {"lr": 0.7, "momentum_buffers": [r(3, 4), r(5)], "momentum": 0.9,
+                "sent": r(17, dt=torch.float16), "divisor": 4,
+                "verdict": torch.tensor([v], device=device)})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -47,10 +53,12 @@ def test_compiled_round_step_matches_eager(device):
         ms = [torch.zeros(64, 3, device=device), torch.zeros(7, device=device)]
         red = torch.randn(199, generator=g).to(device)
         sent = torch.randn(199, generator=g).to(device)
-        return ps, an, ms, red, torch.empty(199, device=device), sent
+        verdict = torch.ones(1, device=device)
+        return ps, an, ms, red, torch.empty(199, device=device), sent, verdict
 
-    def boundary(ps, an, ms, red, out, sent):
-        ops.round_step(ps, an, red, out, lr=0.5, momentum_buffers=ms, momentum=0.9, sent=sent)
+    def boundary(ps, an, ms, red, out, sent, verdict):
+        ops.round_step(ps, an, red, out, lr=0.5, momentum_buffers=ms, momentum=0.9, sent=sent,
+                       divisor=3, verdict=verdict)
         return out * 2  # a consumer after the op, so ordering matters
 
     eager = make()

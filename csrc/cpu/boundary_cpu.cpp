@@ -108,10 +108,10 @@ struct BlockIo {
   const float *p, *a, *m, *r, *s;
   float *p_out, *a_out, *m_out, *s_out, *o_out;
 };
-using RuleFn = void (*)(float, float, const BlockIo&, int64_t);
+using RuleFn = void (*)(float, float, float, const BlockIo&, int64_t);
 
 template <class Cfg>
-void rule_block(float lr, float mu, const BlockIo& io, int64_t n) {
+void rule_block(float lr, float mu, float D, const BlockIo& io, int64_t n) {
   constexpr Cfg cfg{};
   const float *p_in = io.p, *a_in = io.a, *m_in = io.m, *r_in = io.r, *s_in = io.s;
   float *p_out = io.p_out, *a_out = io.a_out, *m_out = io.m_out, *s_out = io.s_out,
@@ -121,10 +121,10 @@ void rule_block(float lr, float mu, const BlockIo& io, int64_t n) {
     float p = p_in[i];
     float a = cfg.has_anchor() ? a_in[i] : 0.f;
     float m = cfg.momentum_mode() != kNoMomentum ? m_in[i] : 0.f;
-    const float r = cfg.has_reduced() ? r_in[i] : 0.f;
+    const float r = cfg.has_reduced() && !cfg.discard() ? r_in[i] : 0.f;
     float s = cfg.has_sent() ? s_in[i] : 0.f;
     float o;
-    apply_rule(cfg, lr, mu, p, a, m, r, s, o);
+    apply_rule(cfg, lr, mu, D, p, a, m, r, s, o);
     p_out[i] = p;
     a_out[i] = a;
     if (cfg.momentum_mode() != kNoMomentum) m_out[i] = m;
@@ -150,7 +150,15 @@ RuleFn pick_reduced(const RuntimeCfg& c) {
   // Without a reduction there is no outer step: momentum cannot matter.
   return c.reduced ? pick_sent<A, true>(c) : pick_sent<A, false>({c.anchor, false, c.sent, 0});
 }
+// A discarded round reads only p, a (and writes p, out, sent): one simple
+// configuration per anchor/sent, no momentum, nothing of `reduced`.
+template <bool A>
+RuleFn pick_discard(bool sent) {
+  return sent ? &rule_block<StaticCfg<A, true, true, kNoMomentum, true>>
+              : &rule_block<StaticCfg<A, true, false, kNoMomentum, true>>;
+}
 RuleFn pick_rule(const RuntimeCfg& c) {
+  if (c.discard()) return c.anchor ? pick_discard<true>(c.sent) : pick_discard<false>(c.sent);
   return c.anchor ? pick_reduced<true>(c) : pick_reduced<false>(c);
 }
 
@@ -194,18 +202,24 @@ void run_cpu(const Plan& pl) {
   for (int64_t i = 0; i < n; ++i) numels[i] = pl.params[i].numel();
   const std::vector<int64_t> first = chunk_prefix(numels, kChunk);
 
-  const RuleFn rule = pick_rule(pl.cfg);
-  const bool has_a = !pl.anchors.empty(), has_m = !pl.momenta.empty();
+  // The verdict is read here, in the kernel, never by the caller: a discarded
+  // round leaves anchors and momenta bitwise untouched (not even stored back)
+  // and does not read `reduced` or the momenta at all.
+  RuntimeCfg cfg = pl.cfg;
+  if (pl.verdict.defined()) cfg.discard_ = !verdict_valid(*pl.verdict.data_ptr<float>());
+  const RuleFn rule = pick_rule(cfg);
+  const bool merge = !cfg.discard();
+  const bool has_a = !pl.anchors.empty(), has_m = !pl.momenta.empty() && merge;
   const Stream sp(pl.param_dtype, true, pl.write_params);
-  const Stream sa(pl.anchor_dtype, has_a, pl.write_anchors());
+  const Stream sa(pl.anchor_dtype, has_a, pl.write_anchors() && merge);
   const Stream sm(pl.anchor_dtype, has_m, pl.write_anchors());
-  const Stream sr(pl.flat_dtype, pl.reduced.defined(), false);
+  const Stream sr(pl.flat_dtype, pl.reduced.defined() && merge, false);
   const Stream ss(pl.flat_dtype, pl.sent.defined(), true);
   const Stream so(pl.flat_dtype, pl.out.defined(), true);
   char* const red = data_or_null(pl.reduced);
   char* const sent = data_or_null(pl.sent);
   char* const out = data_or_null(pl.out);
-  const float lr = pl.lr, mu = pl.mu;
+  const float lr = pl.lr, mu = pl.mu, D = pl.divisor;
 
   at::parallel_for(0, first.back(), 1, [&](int64_t begin, int64_t end) {
     alignas(64) float P[kBlock], A[kBlock], M[kBlock], R[kBlock], S[kBlock], O[kBlock];
@@ -230,7 +244,7 @@ void run_cpu(const Plan& pl) {
                          sr.source(rb, R, len), ss.source(sb, S, len),
                          sp.destination(pb, P), sa.destination(ab, A), sm.destination(mb, M),
                          ss.destination(sb, S), so.destination(ob, O)};
-        rule(lr, mu, io, len);
+        rule(lr, mu, D, io, len);
         so.finish(O, ob, len);
         ss.finish(S, sb, len);
         sa.finish(A, ab, len);

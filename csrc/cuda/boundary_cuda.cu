@@ -48,9 +48,17 @@ struct BoundaryOp {
   F* out;
   const F* reduced;
   F* sent;
+  const float* verdict;  // device pointer, null when absent
   RuntimeCfg cfg;
-  float lr, mu;
+  float lr, mu, divisor;
   bool write_p, write_a, has_m;
+
+  // Once per thread, before any element: the device reads its own verdict on
+  // the reduced round (the host never does). A discarded round reads neither
+  // `reduced` nor the momenta and stores neither anchors nor momenta.
+  __device__ __forceinline__ void begin() {
+    if (verdict) cfg.discard_ = !verdict_valid(*verdict);
+  }
 
   // Loads n (1 or kVec) elements of every stream at tensor index i, applies
   // the rule, stores what this call writes.
@@ -63,15 +71,16 @@ struct BoundaryOp {
     float vp[N], va[N], vm[N], vr[N], vs[N], vo[N];
     load<N>(p, vp);
     if (cfg.anchor) load<N>(a, va);
-    if (has_m) load<N>(m, vm);
-    if (cfg.reduced) load<N>(reduced + f, vr);
+    const bool merge = !cfg.discard();
+    if (has_m && merge) load<N>(m, vm);
+    if (cfg.reduced && merge) load<N>(reduced + f, vr);
     if (cfg.sent) load<N>(sent + f, vs);
 #pragma unroll
-    for (int j = 0; j < N; ++j) apply_rule(cfg, lr, mu, vp[j], va[j], vm[j], vr[j], vs[j], vo[j]);
+    for (int j = 0; j < N; ++j) apply_rule(cfg, lr, mu, divisor, vp[j], va[j], vm[j], vr[j], vs[j], vo[j]);
     if (out) store<N>(out + f, vo);
     if (cfg.sent) store<N>(sent + f, vs);
-    if (write_a) store<N>(a, va);
-    if (write_a && has_m) store<N>(m, vm);
+    if (write_a && merge) store<N>(a, va);
+    if (write_a && has_m && merge) store<N>(m, vm);
     if (write_p) store<N>(p, vp);
   }
   __device__ void scalar(const TensorMeta& t, int64_t i) const { apply<1>(t, i); }
@@ -130,8 +139,9 @@ void run_cuda(const Plan& pl) {
       dispatch_float(pl.flat_dtype, [&](auto f_tag) {
         using F = decltype(f_tag);
         BoundaryOp<P, A, F> op{data_or_null<F>(pl.out), data_or_null<const F>(pl.reduced),
-                               data_or_null<F>(pl.sent), pl.cfg, pl.lr, pl.mu,
-                               pl.write_params, pl.write_anchors(), !pl.momenta.empty()};
+                               data_or_null<F>(pl.sent), data_or_null<const float>(pl.verdict),
+                               pl.cfg, pl.lr, pl.mu, pl.divisor, pl.write_params,
+                               pl.write_anchors(), !pl.momenta.empty()};
         multi_tensor_apply(layout, device, op);
       });
     };

@@ -7,7 +7,9 @@
 // b+grid, ... and finds each chunk's tensor by binary search over the
 // per-tensor chunk prefix. Inside a chunk an Op handles groups of kVec
 // elements with 16-byte accesses when every stream of that tensor is aligned
-// after `head` elements, and single elements everywhere else.
+// after `head` elements, and single elements everywhere else. Each thread
+// first calls op.begin() on its own copy of the Op: device-side state (such
+// as a verdict written by an earlier kernel) is read there, never by the host.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -52,6 +54,7 @@ struct MultiTensorLayout {
 template <class Op>
 __global__ void __launch_bounds__(kThreads)
     multi_tensor_kernel(const TensorMeta* __restrict__ metas, int64_t n, int64_t n_chunks, Op op) {
+  op.begin();  // per-thread state read on the device (e.g. a verdict), once per launch
   for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
     const int64_t t = owner_of_chunk(c, n, [&](int64_t i) { return metas[i].first_chunk; });
     const TensorMeta& m = metas[t];

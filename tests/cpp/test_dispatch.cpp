@@ -23,6 +23,7 @@ int main() {
           .findSchemaOrThrow("hpsgd::round_step", "")
           .typed<void(at::TensorList, at::TensorList, const std::optional<at::Tensor>&,
                       const at::Tensor&, double, std::optional<at::TensorList>, double, bool,
+                      const std::optional<at::Tensor>&, int64_t,
                       const std::optional<at::Tensor>&)>();
   auto flatten = c10::Dispatcher::singleton()
                      .findSchemaOrThrow("hpsgd::flatten", "")
@@ -41,7 +42,7 @@ int main() {
   at::Tensor d = p0 - a0 - s0;
   at::Tensor a_new = a0 + 0.5 * reduced;
 
-  round_step.call(p, a, reduced, out, 0.5, std::nullopt, 0.0, false, sent);
+  round_step.call(p, a, reduced, out, 0.5, std::nullopt, 0.0, false, sent, 1, std::nullopt);
 
   expect(at::allclose(out, d), "out = p - a - sent");
   expect(at::allclose(at::cat({a[0].flatten(), a[1]}), a_new), "a += lr * reduced");
