@@ -83,6 +83,15 @@ bool Work::check_done(bool raise_if_overdue) {
   try {
     ready = transport_done();
   } catch (const std::exception& e) {
+    // Past the deadline, the transport's error is most likely its own timeout
+    // (a c10d group's deadline matches ours and starts a little later): report
+    // the missed deadline, whichever of the two noticed it first.
+    if (now_s() > deadline_)
+      fail(ErrorKind::kTimeout,
+           describe() + " did not complete within its deadline of " +
+               std::to_string(state_->timeout_s) + " s (the transport reported: " + e.what() +
+               "); the communicator was aborted",
+           true);
     fail(ErrorKind::kFailure, describe() + " failed: " + e.what() + "; the communicator was aborted",
          true);
   }
