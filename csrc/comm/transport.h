@@ -15,7 +15,7 @@
 //
 // NOTE: [watchdog]
 // One thread per communicator, like c10d's ProcessGroupNCCL watchdog. It sleeps
-// on a condition variable for at most kWatchdogPeriod, or until the nearest
+// on a condition variable for at most Watchdog::kPeriod (0.1 s), or until the nearest
 // in-flight deadline, and wakes at once on close. Each tick polls every
 // in-flight Work exactly as is_completed() would (deadline counted from issue
 // time, transport errors, NCCL's ncclCommGetAsyncError via poll_transport()),
