@@ -9,10 +9,20 @@ and telemetry are shared C++ code):
 * ``c10d`` for CPU buffers: any ``torch.distributed`` process group (Gloo), driven
   from C++.
 
-Every wait has a deadline (the constructor's ``timeout`` unless given); a collective
-that misses it aborts the communicator and raises :class:`CommTimeoutError` naming
-the collective and the rank; a failed one raises :class:`CommError`. After either,
-the communicator refuses new work.
+Every collective has a deadline, counted from its issue (the constructor's
+``timeout``), and every wait one too (its ``timeout`` argument, else the same). A
+watchdog thread per communicator enforces the deadlines and, for NCCL, polls the
+communicator's asynchronous errors, whether or not anybody waits: a collective that
+misses its deadline aborts the communicator and fails with :class:`CommTimeoutError`
+(a ``TimeoutError`` and a :class:`CommError`) naming the collective and the rank; a
+failed one with :class:`CommError`. The first failure is recorded: every later call
+(:meth:`Communicator.all_reduce_async`, :meth:`Communicator.check`, a Work's
+``wait``/``is_completed``) raises the same type with its message, and
+:attr:`Communicator.error` returns the message. On CUDA each Work exposes
+``valid_flag``, a one-element float32 device tensor in mapped host memory that reads
+1 while the communicator is healthy and is cleared to 0 *before* it is aborted, so a
+kernel that consumes the reduced buffer can refuse a half-reduced one without a host
+sync (CPU: ``None``). ``abort()`` and ``close()`` never wait on a peer.
 
 Link emulation (``link=LinkModel(bandwidth, latency)``) is an *emulation* for
 benchmarks and the demo on one machine: one serial link, each collective's
@@ -55,22 +65,42 @@ def to_seconds(value: Duration, name: str) -> float:
     return float(secs)
 
 
+def _cta_count(value, name: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Communicator: {name} is {value!r}; expected an int >= 1 or None")
+    return value
+
+
 class Communicator:
-    """Mean all-reduce of flat buffers, in place, in the background.
+    """All-reduce of flat buffers (mean, or sum), in place, in the background.
 
     Args:
         process_group: the group to reduce over (default: the default group).
         device: where the buffers live; CUDA buffers use the NCCL transport when
             :func:`hpsgd_ext.built_with_nccl`, CPU buffers the c10d transport.
             Default: the current CUDA device for an NCCL group, else CPU.
-        timeout: deadline of every collective and of every wait.
+        timeout: deadline of every collective (from its issue) and of every wait.
         link: optional :class:`LinkModel` (emulation, see module docs).
+        min_ctas, max_ctas: NCCL transport only: bounds on the CTAs (thread blocks)
+            NCCL may use per collective (``ncclConfig_t.minCTAs``/``maxCTAs``), to
+            leave SMs to compute. ``None``: NCCL's default. Validated everywhere
+            (ints >= 1, ``min_ctas <= max_ctas``), ignored by the c10d transport (CPU
+            buffers, or a build without NCCL).
+
+    The communicator owns one watchdog thread and, for NCCL, its own communicator
+    and stream; :meth:`close` (or a ``with`` block) releases them, and so does
+    dropping the last reference. Work handles still held stay valid.
     """
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
                  device: Optional[Union[torch.device, str]] = None,
                  timeout: Duration = _dt.timedelta(minutes=5),
-                 link: Optional[LinkModel] = None):
+                 link: Optional[LinkModel] = None, *,
+                 min_ctas: Optional[int] = None, max_ctas: Optional[int] = None):
+        self._core = None
+        self._final_error: Optional[str] = None
         if process_group is None:
             if not dist.is_initialized():
                 raise RuntimeError("Communicator: torch.distributed is not initialized; call "
@@ -79,6 +109,10 @@ class Communicator:
         if link is not None and not isinstance(link, LinkModel):
             raise TypeError(f"Communicator: link is {type(link).__name__}; expected hpsgd_ext.LinkModel or None")
         self.timeout = to_seconds(timeout, "timeout")
+        lo, hi = _cta_count(min_ctas, "min_ctas"), _cta_count(max_ctas, "max_ctas")
+        if lo and hi and lo > hi:
+            raise ValueError(f"Communicator: min_ctas ({lo}) exceeds max_ctas ({hi})")
+        self._ctas = (lo, hi)
         backend = dist.get_backend(process_group)
         if device is None:
             device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
@@ -106,16 +140,33 @@ class Communicator:
         # The unique id travels over the user's group, whatever its backend.
         dist.broadcast_object_list(uid, src=dist.get_global_rank(pg, 0), group=pg,
                                    device=self.device if backend == "nccl" else None)
+        lo, hi = self._ctas
         with torch.cuda.device(index):
-            return _C.nccl_communicator(uid[0], rank, world, index, self.timeout, link)
+            return _C.nccl_communicator(uid[0], rank, world, index, self.timeout, link,
+                                        min_ctas=lo, max_ctas=hi)
 
     # --- the API -----------------------------------------------------------------
-    def all_reduce_async(self, flat: torch.Tensor) -> Work:
-        """Start a mean all-reduce of ``flat`` (float32/bfloat16/float16, contiguous)
-        in place; returns its :class:`Work`. Several may be in flight; they complete
-        in issue order. Every rank must issue the same sequence."""
+    def all_reduce_async(self, flat: torch.Tensor, average: bool = True) -> Work:
+        """Start an all-reduce of ``flat`` (float32/bfloat16/float16, contiguous) in
+        place; returns its :class:`Work`. ``average=True``: the mean over ranks;
+        ``average=False``: the plain sum (for a caller that pre-divided its buffer;
+        no division pass). Several may be in flight; they complete in issue order.
+        Every rank must issue the same sequence. Raises the recorded error if the
+        communicator failed (see :meth:`check`)."""
         with label("hpsgd.all_reduce_async"):
-            return self._live().all_reduce_async(flat)
+            return self._live().all_reduce_async(flat, average)
+
+    def check(self) -> None:
+        """Raise the communicator's recorded failure, if any, as the type it failed
+        with (:class:`CommTimeoutError` for a missed deadline, :class:`CommError`
+        otherwise). Cheap: one atomic load while healthy."""
+        self._live().check()
+
+    @property
+    def error(self) -> Optional[str]:
+        """The recorded failure's message, or ``None`` while healthy."""
+        core = self._core
+        return self._final_error if core is None else core.error
 
     @property
     def rank(self) -> int:
@@ -139,14 +190,22 @@ class Communicator:
         return {"transport": core.transport, **core.counters(), "aborted": core.aborted}
 
     def abort(self, reason: str = "aborted by the user") -> None:
-        """Stop: in-flight and later collectives raise :class:`CommError`."""
+        """Stop now: in-flight and later collectives raise :class:`CommError`. Never
+        blocks on a waiting thread (it releases the GIL; a ``wait`` in another thread
+        returns within a few tens of milliseconds)."""
         self._live().abort(reason)
 
     def close(self) -> None:
-        """Release the communicator. Work handles still held stay valid; the NCCL
-        communicator is torn down once the last of them is gone (queued collectives
-        drain within the timeout, then it is aborted, so this never hangs)."""
-        self._core = None
+        """Release the communicator: its watchdog, its reference to the process
+        group, its NCCL communicator and every buffer it still tracks. Never waits on
+        a peer: c10d collectives in flight finish (or time out) inside the group;
+        NCCL ones get a short drain (about a second), then the communicator is
+        finalized when clean, aborted otherwise (in-flight Work then raise
+        :class:`CommError`). Work handles still held stay valid. Idempotent."""
+        core, self._core = self._core, None
+        if core is not None:
+            core.close()
+            self._final_error = core.error
 
     def _live(self):
         if self._core is None:

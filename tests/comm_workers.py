@@ -116,3 +116,74 @@ def _refuses(comm) -> bool:
     except hpsgd_ext.CommError:
         return True
     return False
+
+
+def watchdog_without_wait(rank, world, timeout):
+    """Rank 0 issues one collective and never waits on it; the last rank never
+    issues. The watchdog alone must fail it, on time, with the right type."""
+    comm = Communicator(timeout=timeout)
+    if rank == world - 1:
+        time.sleep(timeout + 1.5)  # silent: never issues
+        return "silent"
+    work = comm.all_reduce_async(torch.ones(1000))
+    t0 = time.monotonic()
+    checks = 0
+    while comm.error is None and time.monotonic() - t0 < timeout + 3:
+        comm.check()  # cheap, and must not raise while healthy
+        checks += 1
+        time.sleep(0.01)
+    after = time.monotonic() - t0
+    out = {"after": after, "error": comm.error, "checks": checks, "valid_flag": work.valid_flag}
+    for what, call in (("check", comm.check),
+                       ("all_reduce_async", lambda: comm.all_reduce_async(torch.ones(3))),
+                       ("is_completed", work.is_completed), ("wait", work.wait)):
+        try:
+            call()
+            out[what] = (None, "")
+        except Exception as e:  # noqa: BLE001 - the type is what the test checks
+            out[what] = (type(e).__name__, str(e))
+    out["is_timeout_error"] = isinstance(_raised(comm.check), TimeoutError)
+    out["stats"] = comm.stats()
+    comm.close()
+    return out
+
+
+def close_with_silent_peer(rank, world, timeout):
+    """Rank 0 closes its communicator with a collective in flight that the last
+    rank never joins: close() must not wait for it."""
+    comm = Communicator(timeout=timeout)
+    if rank == world - 1:
+        time.sleep(1.5)
+        return "silent"
+    work = comm.all_reduce_async(torch.ones(1000))
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    comm.close()
+    closed_after = time.monotonic() - t0
+    # The handle stays usable after close: polling it neither crashes nor blocks.
+    t0 = time.monotonic()
+    polled = _raised(work.is_completed)
+    return {"closed_after": closed_after, "poll_s": time.monotonic() - t0,
+            "poll_raised": type(polled).__name__ if polled else None, "error": comm.error}
+
+
+def sum_mode(rank, world, n):
+    comm = Communicator(timeout=30)
+    x = rank_data(rank, n, torch.float32, seed=7)
+    y = rank_data(rank, n, torch.float32, seed=8)
+    wx = comm.all_reduce_async(x, average=False)
+    wy = comm.all_reduce_async(y)  # the default stays the mean
+    wx.wait()
+    wy.wait()
+    exp_sum = torch.stack([rank_data(r, n, torch.float32, seed=7).double() for r in range(world)]).sum(0)
+    comm.close()
+    return {"sum_err": rel_error(x, exp_sum),
+            "mean_err": rel_error(y, expected_mean(world, n, torch.float32, seed=8))}
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001
+        return e
+    return None

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime
 import gc
+import os
+import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -90,7 +93,9 @@ def test_close_with_work_in_flight(world_of_one):
 
 def test_telemetry_and_counters(world_of_one):
     comm = Communicator(timeout=5, link=LinkModel(bandwidth=100e6, latency=0.01))
-    works = [comm.all_reduce_async(torch.ones(n, dtype=torch.bfloat16)) for n in (10, 1000, 100_000)]
+    # Buffers first: on a loaded machine allocating them can outlast the 10 ms link latency.
+    bufs = [torch.ones(n, dtype=torch.bfloat16) for n in (10, 1000, 100_000)]
+    works = [comm.all_reduce_async(b) for b in bufs]
     assert not works[0].is_completed()
     for w in works:
         w.wait(2.0)
@@ -111,3 +116,118 @@ def test_is_completed_never_blocks(world_of_one):
         work.is_completed()
     assert time.monotonic() - t0 < 0.25
     work.wait()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_close_and_drop_release_everything(world_of_one):
+    """No reference cycle: 15 communicators built, used and closed (or just
+    dropped) leave no flat buffer, watchdog thread or memory behind."""
+    refs = []
+
+    def cycle(i):
+        comm = Communicator(timeout=5)
+        bufs = [torch.full((1_000_000,), float(i)) for _ in range(3)]  # 4 MB each
+        works = [comm.all_reduce_async(b) for b in bufs]
+        for w in works:
+            w.wait()
+        refs.extend(weakref.ref(b) for b in bufs)
+        if i % 2 == 0:
+            comm.close()  # odd cycles: dropping the last reference must do the same
+
+    for i in range(2):  # warm up allocator and Gloo
+        cycle(i)
+    gc.collect()
+    rss0, threads0 = _rss_bytes(), _threads()
+    for i in range(15):
+        cycle(i)
+    gc.collect()
+    alive = sum(r() is not None for r in refs)
+    assert alive == 0, f"{alive} flat buffers outlived their communicator"
+    assert _threads() <= threads0 + 1  # each watchdog was joined
+    growth = _rss_bytes() - rss0
+    assert growth < 24 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 15 cycles (180 MB if leaking)"
+
+
+def test_close_releases_the_in_flight_list(world_of_one):
+    comm = Communicator(timeout=5)
+    core = comm._core
+    works = [comm.all_reduce_async(torch.ones(100)) for _ in range(3)]
+    works[-1].wait()
+    comm.close()
+    assert core.closed and core.in_flight == 0
+    comm.close()  # idempotent
+    assert all(w.is_completed() for w in works)
+
+
+def test_healthy_communicator_check_and_error(world_of_one):
+    comm = Communicator(timeout=5)
+    assert comm.error is None
+    comm.check()  # no error recorded: returns
+    w = comm.all_reduce_async(torch.ones(10))
+    assert w.valid_flag is None  # CPU Work has no device flag
+    w.wait()
+    comm.abort("test reason")
+    assert "test reason" in comm.error
+    with pytest.raises(hpsgd_ext.CommError, match="test reason") as info:
+        comm.check()
+    assert not isinstance(info.value, TimeoutError)  # an abort is not a deadline
+    with pytest.raises(hpsgd_ext.CommError, match="test reason"):
+        comm.all_reduce_async(torch.ones(3))
+    comm.close()
+    assert "test reason" in comm.error  # kept after close
+
+
+def test_comm_timeout_error_is_both_types():
+    assert issubclass(hpsgd_ext.CommTimeoutError, TimeoutError)
+    assert issubclass(hpsgd_ext.CommTimeoutError, hpsgd_ext.CommError)
+    assert not issubclass(hpsgd_ext.CommError, TimeoutError)
+
+
+def test_abort_from_another_thread_releases_a_blocked_wait(world_of_one):
+    comm = Communicator(timeout=30, link=LinkModel(bandwidth=1e6, latency=0.0))
+    work = comm.all_reduce_async(torch.ones(1_000_000))  # 4 s modelled
+    timing = {}
+
+    def aborter():
+        time.sleep(0.3)
+        timing["t0"] = time.monotonic()
+        comm.abort("stopped from another thread")
+        timing["abort_s"] = time.monotonic() - timing["t0"]
+
+    th = threading.Thread(target=aborter)
+    th.start()
+    with pytest.raises(hpsgd_ext.CommError, match="stopped from another thread"):
+        work.wait()
+    released = time.monotonic() - timing["t0"]
+    th.join(5)
+    assert timing["abort_s"] < 1.0 and released < 1.0, (timing, released)
+    assert comm.stats()["aborted"]
+
+
+def test_sum_mode_world_of_one(world_of_one):
+    comm = Communicator(timeout=5)
+    x = torch.arange(6, dtype=torch.float32)
+    comm.all_reduce_async(x, average=False).wait()
+    assert torch.equal(x, torch.arange(6, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"min_ctas": 0}, "min_ctas"), ({"max_ctas": -2}, "max_ctas"), ({"max_ctas": True}, "max_ctas"),
+    ({"min_ctas": 2.0}, "min_ctas"), ({"min_ctas": 8, "max_ctas": 4}, "min_ctas"),
+])
+def test_cta_limits_validated(world_of_one, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Communicator(timeout=5, **kwargs)
+
+
+def test_cta_limits_ignored_on_cpu(world_of_one):
+    with Communicator(timeout=5, min_ctas=1, max_ctas=4) as comm:
+        comm.all_reduce_async(torch.ones(5)).wait()

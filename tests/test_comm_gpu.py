@@ -116,3 +116,28 @@ def test_step_overlap_benchmark_on_cuda(world_of_one):
     assert m["compute_events_s"] > 0 and m["compute_in_both_events_s"] > 0
     assert m["comm_device_s"] > 0.5 * m["compute_s"]  # the hold kernel ran on the comm stream
     assert -1.0 < res["hidden_fraction"] < 1.5
+
+
+def test_valid_flag_cleared_by_abort(world_of_one):
+    comm = Communicator(device="cuda", timeout=30)
+    x = torch.ones(1024, device="cuda")
+    w = comm.all_reduce_async(x)
+    flag = w.valid_flag
+    assert flag is not None and flag.is_cuda and flag.dtype == torch.float32 and flag.numel() == 1
+    w.wait()
+    assert flag.item() == 1.0  # a kernel reads it through the mapping
+    comm.abort("test")
+    assert flag.item() == 0.0  # cleared before the NCCL communicator was aborted
+    comm.close()
+    del w
+    assert flag.item() == 0.0  # the view keeps the mapped memory alive
+
+
+def test_sum_mode_and_cta_limits_on_nccl(world_of_one):
+    comm = Communicator(device="cuda", timeout=30, min_ctas=1, max_ctas=2)
+    x = torch.arange(1000, device="cuda", dtype=torch.float32)
+    comm.all_reduce_async(x, average=False).wait()
+    assert torch.equal(x, torch.arange(1000, device="cuda", dtype=torch.float32))
+    assert comm.error is None
+    comm.close()
+    assert comm.error is None  # a clean close finalizes, records nothing

@@ -64,3 +64,40 @@ def test_rank_killed_mid_collective_raises_on_the_others():
     timeout = 5.0
     res = run_ranks(W.killed_mid_collective, 3, timeout, pg_timeout=timeout, allow_missing=(1,))
     assert_survivors_raised(res, killed=1, timeout=timeout)
+
+
+@pytest.mark.timeout(60)
+def test_watchdog_fails_a_collective_nobody_waits_on():
+    timeout = 2.0
+    res = run_ranks(W.watchdog_without_wait, 2, timeout, pg_timeout=timeout, timeout=30)
+    v, silent = values(res)
+    assert silent == "silent"
+    assert v["error"] is not None, v
+    assert timeout - 0.2 <= v["after"] <= timeout + 1.0, v
+    assert v["checks"] > 10  # check() was cheap and quiet while healthy
+    assert "all_reduce #0" in v["error"] and "rank 0" in v["error"] and "deadline" in v["error"]
+    assert v["is_timeout_error"]
+    # Every later call raises the recorded error, with its type and message.
+    assert v["check"] == ("CommTimeoutError", v["error"])
+    assert v["all_reduce_async"] == ("CommTimeoutError", v["error"])
+    assert v["is_completed"] == ("CommTimeoutError", v["error"])
+    assert v["wait"] == ("CommTimeoutError", v["error"])
+    assert v["valid_flag"] is None  # CPU Work: no device flag
+    assert v["stats"]["timeouts"] == 1 and v["stats"]["aborted"]
+
+
+@pytest.mark.timeout(60)
+def test_close_with_a_collective_whose_peer_never_issues():
+    res = run_ranks(W.close_with_silent_peer, 2, 5.0, pg_timeout=5.0, timeout=30)
+    v, silent = values(res)
+    assert silent == "silent"
+    assert v["closed_after"] < 1.0, v
+    assert v["poll_s"] < 0.5, v
+    assert v["error"] is None  # a close is not a failure
+
+
+@pytest.mark.timeout(60)
+def test_sum_mode_is_a_plain_sum():
+    for v in values(run_ranks(W.sum_mode, 3, 10_007, timeout=30)):
+        assert v["sum_err"] <= 1e-6
+        assert v["mean_err"] <= 1e-6

@@ -20,8 +20,28 @@ using Seconds = std::chrono::duration<double>;
 
 void bind_comm(py::module_& m) {
   using namespace comm;
-  py::register_exception<CommTimeout>(m, "CommTimeoutError", PyExc_TimeoutError);
-  py::register_exception<CommFailure>(m, "CommError", PyExc_RuntimeError);
+  // CommTimeoutError is both a TimeoutError and a CommError: `except CommError`
+  // catches every communicator failure, `except TimeoutError` the deadlines.
+  // Leaked on purpose: a static py::object would be released after the
+  // interpreter is gone. The module's attributes hold references too.
+  static PyObject* comm_error =
+      py::exception<CommFailure>(m, "CommError", PyExc_RuntimeError).release().ptr();
+  static PyObject* comm_timeout =
+      py::exception<CommTimeout>(m, "CommTimeoutError",
+                                 py::make_tuple(py::handle(comm_error),
+                                                py::handle(PyExc_TimeoutError)))
+          .release()
+          .ptr();
+  py::register_exception_translator([](std::exception_ptr p) {
+    if (!p) return;
+    try {
+      std::rethrow_exception(p);
+    } catch (const CommTimeout& e) {
+      py::set_error(py::handle(comm_timeout), e.what());
+    } catch (const CommFailure& e) {
+      py::set_error(py::handle(comm_error), e.what());
+    }
+  });
 
   m.def("monotonic", &now_s, "The clock every comm timestamp uses (seconds).");
 
@@ -43,6 +63,9 @@ void bind_comm(py::module_& m) {
           },
           "timeout"_a = py::none())
       .def("synchronize_stream", &Work::synchronize_stream)
+      .def_property_readonly("valid_flag", &Work::valid_flag,
+                             "CUDA: 1-element float32 tensor aliasing mapped host memory, 1 while "
+                             "the communicator is healthy, 0 once it was aborted. CPU: None.")
       .def_property_readonly("seq", &Work::seq)
       .def_property_readonly("bytes", &Work::bytes)
       .def_property_readonly("issued_at", &Work::issued_at)
@@ -53,12 +76,29 @@ void bind_comm(py::module_& m) {
   py::class_<Transport, std::shared_ptr<Transport>>(m, "CommunicatorCore")
       .def(
           "all_reduce_async",
-          [](Transport& t, const at::Tensor& flat) {
+          [](Transport& t, const at::Tensor& flat, bool average) {
             py::gil_scoped_release nogil;
-            return t.all_reduce(flat);
+            return t.all_reduce(flat, average);
           },
-          "flat"_a)
-      .def("abort", &Transport::abort, "reason"_a)
+          "flat"_a, "average"_a = true)
+      .def(
+          "abort",
+          [](Transport& t, const std::string& reason) {
+            py::gil_scoped_release nogil;
+            t.abort(reason);
+          },
+          "reason"_a)
+      .def(
+          "close",
+          [](Transport& t) {
+            py::gil_scoped_release nogil;
+            t.close();
+          })
+      .def("check", &Transport::check_usable,
+           "Raises the recorded error (CommTimeoutError or CommError), if any.")
+      .def_property_readonly("error", &Transport::error)
+      .def_property_readonly("closed", &Transport::closed)
+      .def_property_readonly("in_flight", &Transport::in_flight)
       .def_property_readonly("rank", &Transport::rank)
       .def_property_readonly("world_size", &Transport::world)
       .def_property_readonly("transport", &Transport::name)
@@ -77,7 +117,9 @@ void bind_comm(py::module_& m) {
       "c10d_communicator",
       [](c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
          std::shared_ptr<LinkModel> link) -> std::shared_ptr<Transport> {
-        return std::make_shared<C10dTransport>(std::move(pg), timeout_s, std::move(link));
+        auto t = std::make_shared<C10dTransport>(std::move(pg), timeout_s, std::move(link));
+        t->start_watchdog();
+        return t;
       },
       "process_group"_a, "timeout"_a, "link"_a = nullptr);
 
@@ -86,12 +128,16 @@ void bind_comm(py::module_& m) {
   m.def(
       "nccl_communicator",
       [](const py::bytes& uid, int rank, int world, int device, double timeout_s,
-         std::shared_ptr<LinkModel> link) -> std::shared_ptr<Transport> {
+         std::shared_ptr<LinkModel> link, int min_ctas, int max_ctas) -> std::shared_ptr<Transport> {
         std::string id = uid;
         py::gil_scoped_release nogil;
-        return std::make_shared<NcclTransport>(id, rank, world, device, timeout_s, std::move(link));
+        auto t = std::make_shared<NcclTransport>(id, rank, world, device, timeout_s,
+                                                 std::move(link), NcclOptions{min_ctas, max_ctas});
+        t->start_watchdog();
+        return t;
       },
-      "unique_id"_a, "rank"_a, "world_size"_a, "device"_a, "timeout"_a, "link"_a = nullptr);
+      "unique_id"_a, "rank"_a, "world_size"_a, "device"_a, "timeout"_a, "link"_a = nullptr,
+      "min_ctas"_a = 0, "max_ctas"_a = 0);
 #endif
 }
 

@@ -58,33 +58,43 @@ class CudaEvent {
   cudaEvent_t event_ = nullptr;
 };
 
-// A flag in pinned host memory that kernels can read while they run: the host
-// raises it, a polling kernel sees it within one poll, with no stream sync.
-class MappedFlag {
+// A 4-byte word in pinned, mapped host memory that kernels can read while
+// they run: the host writes it, a polling kernel sees it within one poll, with
+// no stream sync. MappedFlag (int) cancels link holds; the float variant is a
+// Work's validity flag (1 valid, 0 aborted; NOTE: [watchdog] in transport.h).
+template <typename T>
+class MappedValue {
+  static_assert(sizeof(T) == 4, "one 4-byte word");
+
  public:
-  MappedFlag() {
+  explicit MappedValue(T initial = T(0)) {
     void* host = nullptr;
     void* dev = nullptr;
-    HPSGD_CUDA_CHECK(cudaHostAlloc(&host, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable));
-    host_ = static_cast<volatile int*>(host);
-    *host_ = 0;
+    HPSGD_CUDA_CHECK(cudaHostAlloc(&host, sizeof(T), cudaHostAllocMapped | cudaHostAllocPortable));
+    host_ = static_cast<volatile T*>(host);
+    *host_ = initial;
     const cudaError_t e = cudaHostGetDevicePointer(&dev, host, 0);
     if (e != cudaSuccess) cudaFreeHost(host);  // the destructor will not run
     HPSGD_CUDA_CHECK(e);
-    dev_ = static_cast<volatile int*>(dev);
+    dev_ = static_cast<volatile T*>(dev);
   }
-  ~MappedFlag() {
-    if (host_) cudaFreeHost(const_cast<int*>(host_));
+  ~MappedValue() {
+    if (host_) cudaFreeHost(const_cast<T*>(host_));
   }
-  MappedFlag(const MappedFlag&) = delete;
-  MappedFlag& operator=(const MappedFlag&) = delete;
-  void raise() { *host_ = 1; }
-  const volatile int* device_ptr() const { return dev_; }
+  MappedValue(const MappedValue&) = delete;
+  MappedValue& operator=(const MappedValue&) = delete;
+  void set(T v) { *host_ = v; }
+  T get() const { return *host_; }
+  void raise() { *host_ = T(1); }
+  const volatile T* device_ptr() const { return dev_; }
 
  private:
-  volatile int* host_ = nullptr;
-  volatile int* dev_ = nullptr;
+  volatile T* host_ = nullptr;
+  volatile T* dev_ = nullptr;
 };
+
+using MappedFlag = MappedValue<int>;
+using MappedFloat = MappedValue<float>;
 
 }  // namespace hpsgd::comm
 #endif

@@ -1,20 +1,163 @@
 #include "transport.h"
 
+#include <cmath>
+#include <limits>
+
 #include "../checks.h"
 #include "clock.h"
 
 namespace hpsgd::comm {
 
-Transport::Transport(int rank, int world, double timeout_s, std::shared_ptr<LinkModel> link)
-    : rank_(rank), world_(world), timeout_s_(timeout_s), link_(std::move(link)) {
-  HPSGD_CHECK_ARG(world > 0 && rank >= 0 && rank < world, "Communicator: rank ", rank,
-                  " of world size ", world, " is invalid");
-  HPSGD_CHECK_ARG(timeout_s > 0.0, "Communicator: timeout is ", timeout_s,
-                  " s; expected a positive duration");
+// --- CommState ----------------------------------------------------------------
+
+void throw_comm_error(ErrorKind kind, const std::string& message) {
+  if (kind == ErrorKind::kTimeout) throw CommTimeout(message);
+  throw CommFailure(message);
 }
 
-std::shared_ptr<Work> Transport::all_reduce(const at::Tensor& flat) {
+bool CommState::record(ErrorKind kind, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (kind_ != ErrorKind::kNone) return false;
+  kind_ = kind == ErrorKind::kNone ? ErrorKind::kFailure : kind;
+  message_ = message;
+  aborted_.store(true, std::memory_order_release);
+  return true;
+}
+
+std::optional<std::string> CommState::error() const {
+  if (!aborted()) return std::nullopt;
+  std::lock_guard<std::mutex> lock(mu_);
+  return message_;
+}
+
+ErrorKind CommState::error_kind() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kind_;
+}
+
+void CommState::raise(const std::string& prefix) const {
+  ErrorKind kind;
+  std::string message;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    kind = kind_;
+    message = message_;
+  }
+  throw_comm_error(kind, prefix + message);
+}
+
+Counters CommState::counters() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counters_;
+}
+
+void CommState::count_issued(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.issued += 1;
+  counters_.bytes += bytes;
+}
+
+void CommState::count_completed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.completed += 1;
+}
+
+void CommState::count_failed(bool timeout) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.failed += 1;
+  if (timeout) counters_.timeouts += 1;
+}
+
+void CommState::count_wait(double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.wait_seconds += seconds;
+}
+
+// --- Watchdog (NOTE: [watchdog] in transport.h) --------------------------------
+
+Watchdog::Watchdog(std::weak_ptr<Transport> transport) : ctl_(std::make_shared<Control>()) {
+  thread_ = std::thread(&Watchdog::run, ctl_, std::move(transport));
+}
+
+Watchdog::~Watchdog() { stop(); }
+
+void Watchdog::stop() {
+  {
+    std::lock_guard<std::mutex> lock(ctl_->mu);
+    ctl_->stop = true;
+  }
+  ctl_->cv.notify_all();
+  if (!thread_.joinable()) return;
+  if (thread_.get_id() == std::this_thread::get_id()) {
+    // The tick dropped the last reference to the transport: we are inside its
+    // destructor on the watchdog thread. Joining ourselves would deadlock; the
+    // loop sees `stop` right after and touches only `ctl` (its own copy).
+    thread_.detach();
+  } else {
+    thread_.join();
+  }
+}
+
+void Watchdog::run(std::shared_ptr<Control> ctl, std::weak_ptr<Transport> weak) {
+  double wake = now_s() + kPeriod;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(ctl->mu);
+      const double delay = std::max(0.0, wake - now_s());
+      ctl->cv.wait_for(lock, std::chrono::duration<double>(delay), [&] { return ctl->stop; });
+      if (ctl->stop) return;
+    }
+    double next = std::numeric_limits<double>::infinity();
+    {
+      std::shared_ptr<Transport> t = weak.lock();
+      if (!t) return;
+      try {
+        next = t->watchdog_tick();
+      } catch (...) {
+        // A tick never throws by design; never let the thread take the process down.
+      }
+    }  // may run ~Transport here (then `stop` is set and the thread detached)
+    const double now = now_s();
+    // Just past the nearest deadline, so the overdue check sees it overdue.
+    wake = std::min(now + kPeriod, std::max(next + 1e-3, now));
+  }
+}
+
+// --- Transport ----------------------------------------------------------------
+
+Transport::Transport(std::string name, int rank, int world, double timeout_s,
+                     std::shared_ptr<LinkModel> link)
+    : link_(std::move(link)) {
+  HPSGD_CHECK_ARG(world > 0 && rank >= 0 && rank < world, "Communicator: rank ", rank,
+                  " of world size ", world, " is invalid");
+  HPSGD_CHECK_ARG(timeout_s > 0.0 && std::isfinite(timeout_s), "Communicator: timeout is ",
+                  timeout_s, " s; expected a positive duration");
+  state_ = std::make_shared<CommState>(std::move(name), rank, world, timeout_s);
+}
+
+Transport::~Transport() { stop_watchdog(); }
+
+void Transport::start_watchdog() {
+  std::lock_guard<std::mutex> lock(watchdog_mu_);
+  if (!watchdog_ && !closed_.load()) watchdog_ = std::make_unique<Watchdog>(weak_from_this());
+}
+
+void Transport::stop_watchdog() {
+  std::unique_ptr<Watchdog> w;
+  {
+    std::lock_guard<std::mutex> lock(watchdog_mu_);
+    w = std::move(watchdog_);
+  }
+  if (w) w->stop();
+}
+
+void Transport::check_usable() const {
+  if (state_->aborted()) state_->raise();
+}
+
+std::shared_ptr<Work> Transport::all_reduce(const at::Tensor& flat, bool average) {
   check_usable();
+  if (closed_.load()) throw CommFailure("all_reduce_async: the communicator is closed");
   HPSGD_CHECK_ARG(flat.defined(), "all_reduce_async: flat is undefined; expected a tensor");
   HPSGD_CHECK_TYPE(flat.scalar_type() == at::kFloat || flat.scalar_type() == at::kBFloat16 ||
                        flat.scalar_type() == at::kHalf,
@@ -26,69 +169,120 @@ std::shared_ptr<Work> Transport::all_reduce(const at::Tensor& flat) {
   check_buffer(flat);
 
   std::string failure;
+  ErrorKind kind = ErrorKind::kFailure;
+  std::vector<std::shared_ptr<Work>> done;  // completed Works, released outside the locks
   {
-    std::lock_guard<std::mutex> lock(mu_);  // one issue order on every rank
+    std::lock_guard<std::mutex> lock(issue_mu_);  // one issue order on every rank
+    if (closed_.load()) throw CommFailure("all_reduce_async: the communicator is closed");
+    check_usable();
     const double issued = now_s();
     const double bytes = static_cast<double>(flat.numel() * flat.element_size());
     const double hold = link_ ? link_->reserve(bytes, issued) : 0.0;
     // The deadline counts from when the collective can start on the link.
-    const double deadline = std::max(issued, hold) + timeout_s_;
-    const int64_t seq = counters_.issued;
+    const double deadline = std::max(issued, hold) + timeout();
+    const int64_t seq = next_seq_;
+    std::shared_ptr<Work> previous;
+    {
+      std::lock_guard<std::mutex> in(inflight_mu_);
+      prune_locked(done);
+      if (!inflight_.empty()) previous = inflight_.back();
+    }
     try {
-      auto work = issue(flat, seq, last_, issued, hold, deadline);
-      last_ = work;
-      counters_.issued += 1;
-      counters_.bytes += static_cast<int64_t>(bytes);
+      auto work = issue(flat, average, seq, std::move(previous), issued, hold, deadline);
+      {
+        std::lock_guard<std::mutex> in(inflight_mu_);
+        inflight_.push_back(work);
+      }
+      next_seq_ += 1;
+      state_->count_issued(static_cast<int64_t>(bytes));
       return work;
-    } catch (const std::exception& e) {
-      counters_.failed += 1;
+    } catch (const CommTimeout& e) {
+      kind = ErrorKind::kTimeout;
       failure = "issuing all_reduce #" + std::to_string(seq) + " on rank " +
-                std::to_string(rank_) + " failed: " + e.what();
+                std::to_string(rank()) + " timed out: " + e.what() + "; the communicator was aborted";
+    } catch (const std::exception& e) {
+      failure = "issuing all_reduce #" + std::to_string(seq) + " on rank " +
+                std::to_string(rank()) + " failed: " + e.what() + "; the communicator was aborted";
     }
   }
-  abort(failure);  // outside the lock: aborting a transport may call back in
-  throw CommFailure(failure);
+  state_->count_failed(kind == ErrorKind::kTimeout);
+  fail(kind, failure);  // outside the lock: aborting a transport may call back in
+  state_->raise();
 }
 
 void Transport::abort(const std::string& why) {
+  fail(ErrorKind::kFailure, "the communicator was aborted: " + why);
+}
+
+void Transport::fail(ErrorKind kind, const std::string& why) {
+  state_->record(kind, why);
+  // Abort once, whoever recorded the error (the watchdog, a waiter, the user).
   bool expected = false;
-  if (!aborted_.compare_exchange_strong(expected, true)) return;
+  if (!transport_aborted_.compare_exchange_strong(expected, true)) return;
+  if (!closed_.load()) abort_transport();
+  // Nothing in flight can complete now: release the buffers (a Work the user
+  // still holds keeps its own).
+  std::deque<std::shared_ptr<Work>> drop;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    abort_reason_ = why;
+    std::lock_guard<std::mutex> in(inflight_mu_);
+    drop.swap(inflight_);
   }
-  abort_transport();
 }
 
-std::string Transport::abort_reason() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return abort_reason_;
+void Transport::close() {
+  bool expected = false;
+  if (!closed_.compare_exchange_strong(expected, true)) return;
+  stop_watchdog();
+  {
+    std::deque<std::shared_ptr<Work>> drop;
+    {
+      std::lock_guard<std::mutex> in(inflight_mu_);
+      drop.swap(inflight_);
+    }
+  }
+  close_transport();
 }
 
-void Transport::check_usable() const {
-  if (aborted_.load())
-    throw CommFailure("the communicator was aborted: " + abort_reason());
+void Transport::prune_locked(std::vector<std::shared_ptr<Work>>& out) {
+  // Completion is in issue order: the done ones are a prefix. Their last
+  // references are dropped by the caller once it released the lock (freeing a
+  // tensor may need the GIL).
+  while (!inflight_.empty() && inflight_.front()->done()) {
+    out.push_back(std::move(inflight_.front()));
+    inflight_.pop_front();
+  }
 }
 
-Counters Transport::counters() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return counters_;
+size_t Transport::in_flight() const {
+  std::lock_guard<std::mutex> in(inflight_mu_);
+  return inflight_.size();
 }
 
-void Transport::count_completed() {
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.completed += 1;
-}
-
-void Transport::count_failed(bool timeout) {
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.failed += 1;
-  if (timeout) counters_.timeouts += 1;
-}
-
-void Transport::count_wait(double seconds) {
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.wait_seconds += seconds;
+double Transport::watchdog_tick() {
+  double nearest = std::numeric_limits<double>::infinity();
+  if (state_->aborted() || closed_.load()) return nearest;
+  try {
+    poll_transport();
+  } catch (const std::exception& e) {
+    fail(ErrorKind::kFailure, std::string(e.what()) + " (rank " + std::to_string(rank()) +
+                                  ", seen by the watchdog); the communicator was aborted");
+    return nearest;
+  }
+  std::vector<std::shared_ptr<Work>> works, done;
+  {
+    std::lock_guard<std::mutex> in(inflight_mu_);
+    prune_locked(done);
+    works.assign(inflight_.begin(), inflight_.end());
+  }
+  for (const auto& w : works) {
+    try {
+      // Exactly what is_completed() checks: deadline, transport errors, order.
+      if (!w->is_completed()) nearest = std::min(nearest, w->deadline());
+    } catch (const std::exception&) {
+      break;  // recorded by the Work, transport aborted
+    }
+  }
+  return nearest;
 }
 
 }  // namespace hpsgd::comm

@@ -1,15 +1,48 @@
-// What the Communicator drives: a transport issues all-reduces (mean, in
-// place) and can be aborted. The scheduling around it (ordering, deadlines,
-// link emulation, counters) is shared in Transport and Work.
+// What the Communicator drives: a transport issues all-reduces (mean or sum,
+// in place) and can be aborted or closed. The scheduling around it (ordering,
+// deadlines, link emulation, counters, the watchdog) is shared in Transport
+// and Work.
+//
+// NOTE: [comm ownership]
+// Nothing a Transport owns points back at it strongly, so dropping the last
+// reference (or close()) releases it, its process group and its buffers:
+//   Transport --owns--> CommState (shared), in-flight Works, Watchdog
+//   Work      --owns--> CommState, its buffer, its predecessor (until complete)
+//   Work      --weak--> Transport (only to abort it on a failure)
+//   Watchdog  --weak--> Transport (locked for one tick at a time)
+// A Work the user still holds keeps what it needs to finish (its buffer, the
+// c10d work or CUDA events, the shared state), never the transport.
+//
+// NOTE: [watchdog]
+// One thread per communicator, like c10d's ProcessGroupNCCL watchdog. It sleeps
+// on a condition variable for at most Watchdog::kPeriod (0.1 s), or until the nearest
+// in-flight deadline, and wakes at once on close. Each tick polls every
+// in-flight Work exactly as is_completed() would (deadline counted from issue
+// time, transport errors, NCCL's ncclCommGetAsyncError via poll_transport()),
+// so a collective fails on time even when the training thread never waits on
+// it. A failure is recorded once in CommState (kind + message) and then the
+// transport is aborted (NCCL: the device-visible validity flag is cleared
+// first, then emulated link holds are cancelled, then ncclCommAbort). Every
+// later call into the communicator (all_reduce, check(), a Work's wait or
+// is_completed) raises the recorded error with its type: CommTimeout for a
+// deadline, CommFailure otherwise. The watchdog holds only a weak_ptr to the
+// transport; if its tick happens to drop the last reference, the transport is
+// destroyed on the watchdog thread, which then detaches instead of joining
+// itself. The hot path adds nothing but a push under a short, never-blocking
+// lock: no waiter holds a lock while it blocks.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "link_model.h"
 #include "work.h"
@@ -21,49 +54,141 @@ struct Counters {
   double wait_seconds = 0.0;  // CPU time blocked in Work.wait
 };
 
-class Transport : public std::enable_shared_from_this<Transport> {
+enum class ErrorKind { kNone, kFailure, kTimeout };
+
+// What a transport and its Works share (see NOTE: [comm ownership]): identity,
+// the first recorded error, counters. Holds no reference to anything.
+class CommState {
  public:
-  Transport(int rank, int world, double timeout_s, std::shared_ptr<LinkModel> link);
-  virtual ~Transport() = default;
+  CommState(std::string name, int rank, int world, double timeout_s)
+      : name(std::move(name)), rank(rank), world(world), timeout_s(timeout_s) {}
 
-  // Mean over ranks, in place. Checks the buffer, books the emulated link,
-  // chains issue order, then hands over to the concrete transport.
-  std::shared_ptr<Work> all_reduce(const at::Tensor& flat);
+  const std::string name;
+  const int rank, world;
+  const double timeout_s;
 
-  // Stops everything: in-flight and later collectives raise CommFailure.
-  void abort(const std::string& why);
-  bool aborted() const { return aborted_.load(); }
-  std::string abort_reason() const;
-  void check_usable() const;
-
-  int rank() const { return rank_; }
-  int world() const { return world_; }
-  double timeout() const { return timeout_s_; }
-  const std::shared_ptr<LinkModel>& link() const { return link_; }
-  virtual std::string name() const = 0;
+  bool aborted() const { return aborted_.load(std::memory_order_acquire); }
+  // Records the first error and marks the communicator aborted; true if this
+  // call was the first (the caller then aborts the transport).
+  bool record(ErrorKind kind, const std::string& message);
+  // The recorded error, if any.
+  std::optional<std::string> error() const;
+  ErrorKind error_kind() const;
+  // Throws the recorded error (its type), its message prefixed by `prefix`.
+  [[noreturn]] void raise(const std::string& prefix = "") const;
 
   Counters counters() const;
+  void count_issued(int64_t bytes);
   void count_completed();
   void count_failed(bool timeout);
   void count_wait(double seconds);
 
+ private:
+  std::atomic<bool> aborted_{false};
+  mutable std::mutex mu_;
+  ErrorKind kind_ = ErrorKind::kNone;
+  std::string message_;
+  Counters counters_;
+};
+
+[[noreturn]] void throw_comm_error(ErrorKind kind, const std::string& message);
+
+class Transport;
+
+// See NOTE: [watchdog].
+class Watchdog {
+ public:
+  static constexpr double kPeriod = 0.1;  // seconds between ticks at most
+  explicit Watchdog(std::weak_ptr<Transport> transport);
+  ~Watchdog();
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+  // Wakes the thread and joins it (detaches it when called on it).
+  void stop();
+
+ private:
+  struct Control {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool stop = false;
+  };
+  static void run(std::shared_ptr<Control> ctl, std::weak_ptr<Transport> transport);
+
+  std::shared_ptr<Control> ctl_;
+  std::thread thread_;
+};
+
+class Transport : public std::enable_shared_from_this<Transport> {
+ public:
+  Transport(std::string name, int rank, int world, double timeout_s,
+            std::shared_ptr<LinkModel> link);
+  virtual ~Transport();
+
+  // Starts the watchdog; called once by the factory after make_shared.
+  void start_watchdog();
+
+  // Reduces `flat` in place over ranks: the mean (average) or the plain sum.
+  // Checks the buffer, books the emulated link, chains issue order, then hands
+  // over to the concrete transport.
+  std::shared_ptr<Work> all_reduce(const at::Tensor& flat, bool average = true);
+
+  // Stops everything: in-flight and later collectives raise CommFailure.
+  void abort(const std::string& why);
+  // Records `why` as the communicator's error (first one wins), then aborts.
+  void fail(ErrorKind kind, const std::string& why);
+  // Releases the transport: stops the watchdog, drops the in-flight list, and
+  // tears the transport down (NCCL: finalize when clean, else abort). Never
+  // waits on a peer; Works still held stay valid. Idempotent.
+  void close();
+  bool closed() const { return closed_.load(); }
+
+  bool aborted() const { return state_->aborted(); }
+  std::string abort_reason() const { return state_->error().value_or(""); }
+  std::optional<std::string> error() const { return state_->error(); }
+  // Raises the recorded error, if any (cheap: one atomic load when healthy).
+  void check_usable() const;
+
+  int rank() const { return state_->rank; }
+  int world() const { return state_->world; }
+  double timeout() const { return state_->timeout_s; }
+  const std::shared_ptr<LinkModel>& link() const { return link_; }
+  const std::string& name() const { return state_->name; }
+  const std::shared_ptr<CommState>& state() const { return state_; }
+
+  Counters counters() const { return state_->counters(); }
+
+  // One watchdog pass; returns the nearest in-flight deadline (or +inf).
+  double watchdog_tick();
+  size_t in_flight() const;
+
  protected:
   // The transport-specific part: issue `flat` (validated) and return its Work.
-  virtual std::shared_ptr<Work> issue(const at::Tensor& flat, int64_t seq,
+  virtual std::shared_ptr<Work> issue(const at::Tensor& flat, bool average, int64_t seq,
                                       std::shared_ptr<Work> previous, double issued_at,
                                       double hold_until, double deadline) = 0;
   virtual void abort_transport() = 0;
+  // Called once by close(), after the watchdog stopped. Must not block on peers.
+  virtual void close_transport() {}
+  // Polled by the watchdog every tick (NCCL: asynchronous errors). Throws on error.
+  virtual void poll_transport() {}
   virtual void check_buffer(const at::Tensor& flat) const = 0;
 
+  // Stops the watchdog; derived destructors call it before tearing down.
+  void stop_watchdog();
+
  private:
-  const int rank_, world_;
-  const double timeout_s_;
+  void prune_locked(std::vector<std::shared_ptr<Work>>& out);  // caller holds inflight_mu_
+
+  std::shared_ptr<CommState> state_;
   std::shared_ptr<LinkModel> link_;
-  std::atomic<bool> aborted_{false};
-  mutable std::mutex mu_;
-  std::string abort_reason_;
-  Counters counters_;
-  std::shared_ptr<Work> last_;
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> transport_aborted_{false};
+  std::mutex issue_mu_;  // one issue order on every rank; held across issue()
+  mutable std::mutex inflight_mu_;  // never held across a blocking call
+  std::deque<std::shared_ptr<Work>> inflight_;  // issue order; completed ones pruned
+  int64_t next_seq_ = 0;  // under issue_mu_
+  std::mutex watchdog_mu_;
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 }  // namespace hpsgd::comm

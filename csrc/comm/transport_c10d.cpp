@@ -22,10 +22,10 @@ struct Completion {
 
 class C10dWork final : public Work {
  public:
-  C10dWork(std::shared_ptr<Transport> t, at::Tensor flat, int64_t seq,
+  C10dWork(const std::shared_ptr<Transport>& t, at::Tensor flat, int64_t seq,
            std::shared_ptr<Work> prev, double issued, double hold, double deadline,
            c10::intrusive_ptr<c10d::Work> work, std::shared_ptr<Completion> c)
-      : Work(std::move(t), std::move(flat), seq, std::move(prev), issued, hold, deadline),
+      : Work(t, std::move(flat), seq, std::move(prev), issued, hold, deadline),
         work_(std::move(work)),
         completion_(std::move(c)) {}
 
@@ -42,6 +42,8 @@ class C10dWork final : public Work {
   }
 
  private:
+  // Keeps the group's work (and through its callback the buffer) until it ends;
+  // not the process group itself (NOTE: [comm ownership] in transport.h).
   c10::intrusive_ptr<c10d::Work> work_;
   std::shared_ptr<Completion> completion_;
 };
@@ -50,37 +52,48 @@ class C10dWork final : public Work {
 
 C10dTransport::C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
                              std::shared_ptr<LinkModel> link)
-    : Transport(pg->getRank(), pg->getSize(), timeout_s, std::move(link)), pg_(std::move(pg)) {}
+    : Transport("c10d:" + pg->getBackendName(), pg->getRank(), pg->getSize(), timeout_s,
+                std::move(link)),
+      backend_(pg->getBackendName()),
+      pg_(std::move(pg)) {}
 
-std::string C10dTransport::name() const { return "c10d:" + pg_->getBackendName(); }
+C10dTransport::~C10dTransport() { stop_watchdog(); }
 
 void C10dTransport::check_buffer(const at::Tensor& flat) const {
-  HPSGD_CHECK_ARG(flat.device().is_cpu() || pg_->getBackendName() == "nccl",
+  HPSGD_CHECK_ARG(flat.device().is_cpu() || backend_ == "nccl",
                   "all_reduce_async: flat is on ", flat.device(), " but the c10d transport over ",
-                  pg_->getBackendName(), " reduces CPU tensors; expected a CPU tensor (CUDA "
+                  backend_, " reduces CPU tensors; expected a CPU tensor (CUDA "
                   "buffers use the NCCL transport)");
 }
 
-std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, int64_t seq,
+std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, bool average, int64_t seq,
                                            std::shared_ptr<Work> previous, double issued_at,
                                            double hold_until, double deadline) {
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  {
+    std::lock_guard<std::mutex> lock(pg_mu_);
+    pg = pg_;
+  }
+  HPSGD_CHECK(pg, "the communicator is closed");
   std::vector<at::Tensor> tensors{flat};
   c10d::AllreduceOptions opts;
-  // Gloo has no mean: sum, then divide once the sum has landed.
-  const bool native_avg = pg_->getBackendName() == "nccl";
+  // Gloo has no mean: sum, then divide once the sum has landed. Sum mode (the
+  // caller pre-divided) is a plain sum with no division pass.
+  const bool native_avg = average && backend_ == "nccl";
+  const bool divide = average && !native_avg && world() > 1;
   opts.reduceOp = native_avg ? c10d::ReduceOp(c10d::ReduceOp::AVG)
                              : c10d::ReduceOp(c10d::ReduceOp::SUM);
   // The group's own deadline matches ours, so its threads are freed too.
   opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout() * 1000.0));
-  auto work = pg_->allreduce(tensors, opts);
+  auto work = pg->allreduce(tensors, opts);
   auto completion = std::make_shared<Completion>();
   const double world = static_cast<double>(this->world());
   work->getFuture()->addCallback(
-      [completion, flat, world, native_avg](c10::ivalue::Future& fut) {
+      [completion, flat, world, divide](c10::ivalue::Future& fut) {
         std::string error;
         if (fut.hasError()) {
           error = fut.tryRetrieveErrorMessage();
-        } else if (!native_avg && world > 1) {
+        } else if (divide) {
           try {
             flat.div_(world);
           } catch (const std::exception& e) {
@@ -99,8 +112,17 @@ std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, int64_t seq,
 }
 
 void C10dTransport::abort_transport() {
-  // Collectives already handed to the group end at the group's own timeout
-  // (set to ours above); later ones are refused by Transport::check_usable.
+  // The process group is the user's: it is not ours to abort. Collectives
+  // already handed to it end at its own timeout (set to ours above); later
+  // ones are refused by Transport::check_usable, and no Work waits on them.
+}
+
+void C10dTransport::close_transport() {
+  // Drop our reference to the group; the group's in-flight work keeps what it
+  // needs (the buffer, through the completion callback) until it ends.
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  std::lock_guard<std::mutex> lock(pg_mu_);
+  pg.swap(pg_);
 }
 
 }  // namespace hpsgd::comm

@@ -10,15 +10,19 @@ class C10dTransport final : public Transport {
  public:
   C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
                 std::shared_ptr<LinkModel> link);
-  std::string name() const override;
+  ~C10dTransport() override;
 
  protected:
-  std::shared_ptr<Work> issue(const at::Tensor& flat, int64_t seq, std::shared_ptr<Work> previous,
-                              double issued_at, double hold_until, double deadline) override;
+  std::shared_ptr<Work> issue(const at::Tensor& flat, bool average, int64_t seq,
+                              std::shared_ptr<Work> previous, double issued_at, double hold_until,
+                              double deadline) override;
   void abort_transport() override;
+  void close_transport() override;
   void check_buffer(const at::Tensor& flat) const override;
 
  private:
+  const std::string backend_;
+  std::mutex pg_mu_;  // guards pg_ (released by close)
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
 };
 

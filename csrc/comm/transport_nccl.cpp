@@ -28,17 +28,19 @@ ncclDataType_t nccl_dtype(at::ScalarType t) {
 
 class NcclWork final : public Work {
  public:
-  NcclWork(std::shared_ptr<NcclTransport> t, at::Tensor flat, int64_t seq,
+  NcclWork(const std::shared_ptr<NcclTransport>& t, at::Tensor flat, int64_t seq,
            std::shared_ptr<Work> prev, double issued, double deadline)
       : Work(t, std::move(flat), seq, std::move(prev), issued, /*hold_until=*/0.0, deadline),
-        nccl_(std::move(t)) {}
+        nccl_(t),
+        valid_(t->valid()),
+        device_(t->device()) {}
 
   CudaEvent start{true}, end{true};
 
   void synchronize_stream() override {
-    c10::cuda::CUDAGuard guard(nccl_->device());
-    HPSGD_CUDA_CHECK(cudaStreamWaitEvent(at::cuda::getCurrentCUDAStream(nccl_->device()).stream(),
-                                         end.get(), 0));
+    c10::cuda::CUDAGuard guard(device_);
+    HPSGD_CUDA_CHECK(
+        cudaStreamWaitEvent(at::cuda::getCurrentCUDAStream(device_).stream(), end.get(), 0));
   }
   double device_seconds() override {
     if (!end.query()) return std::numeric_limits<double>::quiet_NaN();
@@ -46,10 +48,21 @@ class NcclWork final : public Work {
     HPSGD_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), end.get()));
     return ms / 1e3;
   }
+  // NOTE: [watchdog]: the transport's validity word, viewed as a device tensor;
+  // the view keeps the mapped memory alive after the transport is gone.
+  std::optional<at::Tensor> valid_flag() const override {
+    auto keep = valid_;
+    void* ptr = const_cast<float*>(valid_->device_ptr());
+    return at::for_blob(ptr, {1})
+        .deleter([keep](void*) {})
+        .options(at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device_))
+        .target_device(at::Device(at::kCUDA, device_))
+        .make_tensor();
+  }
 
  protected:
   bool transport_done() override {
-    nccl_->check_async_error();
+    if (auto t = nccl_.lock()) t->check_async_error();
     return end.query();
   }
   void block_for(double seconds) override {
@@ -58,8 +71,14 @@ class NcclWork final : public Work {
   }
 
  private:
-  std::shared_ptr<NcclTransport> nccl_;
+  const std::weak_ptr<NcclTransport> nccl_;  // NOTE: [comm ownership] in transport.h
+  const std::shared_ptr<MappedFloat> valid_;
+  const int device_;
 };
+
+// Bounds of a clean close: drain what is in flight, then finalize.
+constexpr double kCloseDrain = 1.0;
+constexpr double kCloseFinalize = 2.0;
 
 }  // namespace
 
@@ -70,18 +89,30 @@ std::string NcclTransport::unique_id() {
 }
 
 NcclTransport::NcclTransport(const std::string& uid, int rank, int world, int device,
-                             double timeout_s, std::shared_ptr<LinkModel> link)
-    : Transport(rank, world, timeout_s, std::move(link)), device_(device) {
+                             double timeout_s, std::shared_ptr<LinkModel> link,
+                             NcclOptions options)
+    : Transport("nccl", rank, world, timeout_s, std::move(link)), device_(device) {
   HPSGD_CHECK_ARG(uid.size() == sizeof(ncclUniqueId), "Communicator: NCCL unique id has ",
                   uid.size(), " bytes; expected ", sizeof(ncclUniqueId));
+  HPSGD_CHECK_ARG(options.min_ctas >= 0, "Communicator: min_ctas is ", options.min_ctas,
+                  "; expected an int >= 1 or None");
+  HPSGD_CHECK_ARG(options.max_ctas >= 0, "Communicator: max_ctas is ", options.max_ctas,
+                  "; expected an int >= 1 or None");
+  HPSGD_CHECK_ARG(options.min_ctas == 0 || options.max_ctas == 0 ||
+                      options.min_ctas <= options.max_ctas,
+                  "Communicator: min_ctas (", options.min_ctas, ") exceeds max_ctas (",
+                  options.max_ctas, ")");
   c10::cuda::CUDAGuard guard(device_);
   stream_ = std::make_unique<CudaStream>(device_);
   stamp_ = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA, device_));
-  cancel_holds_ = std::make_unique<MappedFlag>();
+  cancel_holds_ = std::make_shared<MappedFlag>(0);
+  valid_ = std::make_shared<MappedFloat>(1.0f);
   ncclUniqueId id;
   std::memcpy(&id, uid.data(), sizeof(id));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
+  if (options.min_ctas > 0) config.minCTAs = options.min_ctas;
+  if (options.max_ctas > 0) config.maxCTAs = options.max_ctas;
   std::lock_guard<std::mutex> lock(comm_mu_);
   HPSGD_NCCL_CHECK(ncclCommInitRankConfig(&comm_, world, id, rank, &config),
                    "(rank ", rank, " of ", world, ")");
@@ -95,22 +126,75 @@ NcclTransport::NcclTransport(const std::string& uid, int rank, int world, int de
 }
 
 NcclTransport::~NcclTransport() {
-  std::lock_guard<std::mutex> lock(comm_mu_);
-  if (!comm_) return;
-  // Let queued collectives drain, within the timeout; then tear down. Abort is
-  // the one teardown that cannot hang on a peer that has gone away. Emulated
-  // link time is not worth waiting for: nobody is left to see the result late.
+  stop_watchdog();
+  teardown();
+}
+
+void NcclTransport::close_transport() { teardown(); }
+
+void NcclTransport::teardown() {
+  {
+    std::lock_guard<std::mutex> lock(comm_mu_);
+    if (!comm_) return;
+  }
+  c10::cuda::CUDAGuard guard(device_);
+  // Emulated link time is not worth waiting for: nobody is left to see the
+  // result late.
   cancel_holds_->raise();
-  const double deadline = now_s() + timeout();
-  while (stream_ && cudaStreamQuery(stream_->get()) == cudaErrorNotReady && now_s() < deadline)
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
-  (void)cudaGetLastError();
-  ncclCommAbort(comm_);
+  if (!aborted()) {  // once aborted, nothing is drained (NOTE: [watchdog])
+    // Drain briefly: collectives whose peers are there end in moments; one
+    // whose peer never issues must not hold close() hostage.
+    bool idle = false;
+    const double drain_until = now_s() + std::min(kCloseDrain, timeout());
+    while (!aborted()) {
+      const cudaError_t e = cudaStreamQuery(stream_->get());
+      if (e != cudaErrorNotReady) {
+        idle = e == cudaSuccess;
+        break;
+      }
+      if (now_s() > drain_until) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    (void)cudaGetLastError();
+    std::unique_lock<std::mutex> lock(comm_mu_);
+    if (!comm_) return;
+    if (idle && !aborted()) {
+      // A clean close: flush and free the communicator without touching peers.
+      bool finalized = false;
+      if (ncclCommFinalize(comm_) != ncclInternalError) {
+        const double until = now_s() + std::min(kCloseFinalize, timeout());
+        for (;;) {
+          ncclResult_t state = ncclInProgress;
+          if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) break;
+          if (state == ncclSuccess) {
+            finalized = true;
+            break;
+          }
+          if (state != ncclInProgress || aborted() || now_s() > until) break;
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+      }
+      if (finalized) {
+        ncclCommDestroy(comm_);
+        comm_ = nullptr;
+        return;
+      }
+    }
+    lock.unlock();
+    // Not clean: what was in flight is void, and says so.
+    state()->record(ErrorKind::kFailure,
+                    "the communicator on rank " + std::to_string(rank()) +
+                        " was closed with collectives in flight (or its finalize did not "
+                        "finish in time); they were aborted");
+  }
+  valid_->set(0.0f);  // before the abort, as in abort_transport
+  std::lock_guard<std::mutex> lock(comm_mu_);
+  if (comm_) ncclCommAbort(comm_);
   comm_ = nullptr;
 }
 
 void NcclTransport::wait_ready(const char* what, double deadline) {
-  // Caller holds comm_mu_.
+  // Caller holds comm_mu_; an abort from another thread waits for one poll.
   for (;;) {
     ncclResult_t state = ncclSuccess;
     HPSGD_NCCL_CHECK(ncclCommGetAsyncError(comm_, &state));
@@ -118,6 +202,9 @@ void NcclTransport::wait_ready(const char* what, double deadline) {
     if (state != ncclInProgress)
       throw CommFailure(std::string(what) + " failed on rank " + std::to_string(rank()) + ": " +
                         ncclGetErrorString(state) + " (" + ncclGetLastError(comm_) + ")");
+    if (aborted())
+      throw CommFailure(std::string(what) + " on rank " + std::to_string(rank()) +
+                        " was interrupted: the communicator was aborted");
     if (now_s() > deadline)
       throw CommTimeout(std::string(what) + " did not finish within " +
                         std::to_string(timeout()) + " s on rank " + std::to_string(rank()));
@@ -126,8 +213,10 @@ void NcclTransport::wait_ready(const char* what, double deadline) {
 }
 
 void NcclTransport::check_async_error() {
-  std::lock_guard<std::mutex> lock(comm_mu_);
-  if (!comm_) throw std::runtime_error("the NCCL communicator was aborted");
+  // Never waits: if another thread is inside an NCCL call (it polls the same
+  // error itself), skip this poll.
+  std::unique_lock<std::mutex> lock(comm_mu_, std::try_to_lock);
+  if (!lock.owns_lock() || !comm_) return;  // busy, or torn down (aborts are recorded)
   ncclResult_t state = ncclSuccess;
   HPSGD_NCCL_CHECK(ncclCommGetAsyncError(comm_, &state));
   if (state != ncclSuccess && state != ncclInProgress)
@@ -140,7 +229,7 @@ void NcclTransport::check_buffer(const at::Tensor& flat) const {
                   flat.device(), "; expected cuda:", device_, " (this communicator's device)");
 }
 
-std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, int64_t seq,
+std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, bool average, int64_t seq,
                                            std::shared_ptr<Work> previous, double issued_at,
                                            double /*hold_until: emulated on the device*/,
                                            double deadline) {
@@ -158,12 +247,13 @@ std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, int64_t seq,
   if (link()) launch_link_stamp(comm_stream, stamp);
   {
     std::lock_guard<std::mutex> lock(comm_mu_);
-    HPSGD_CHECK(comm_ != nullptr, "the NCCL communicator was aborted");
+    HPSGD_CHECK(comm_ != nullptr, "the NCCL communicator was closed or aborted");
     // The mean over one rank is the buffer itself. In place, ncclSum then moves
     // nothing, while ncclAvg still reads and writes every byte (1 GB: 0.76 ms).
-    const ncclRedOp_t mean = world() == 1 ? ncclSum : ncclAvg;
+    // Sum mode: the caller pre-divided, a plain sum.
+    const ncclRedOp_t op = (!average || world() == 1) ? ncclSum : ncclAvg;
     HPSGD_NCCL_CHECK(ncclAllReduce(flat.data_ptr(), flat.data_ptr(), flat.numel(),
-                                   nccl_dtype(flat.scalar_type()), mean, comm_, comm_stream),
+                                   nccl_dtype(flat.scalar_type()), op, comm_, comm_stream),
                      "(all_reduce #", seq, ", rank ", rank(), ")");
     wait_ready("ncclAllReduce", now_s() + timeout());
   }
@@ -181,7 +271,12 @@ std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, int64_t seq,
 }
 
 void NcclTransport::abort_transport() {
+  // NOTE: [watchdog]: the validity flag first (a merge kernel that reads it
+  // refuses a half-reduced buffer), then the holds, then the communicator.
+  valid_->set(0.0f);
   cancel_holds_->raise();
+  // wait_ready and teardown poll aborted() (already set by Transport::fail),
+  // so this lock is free within one poll.
   std::lock_guard<std::mutex> lock(comm_mu_);
   if (comm_) ncclCommAbort(comm_);
   comm_ = nullptr;

@@ -1,11 +1,15 @@
 // One in-flight all-reduce. Shared by both transports: deadlines, issue-order
 // completion, link-emulation hold, telemetry and error reporting live here;
 // a transport supplies only "is the device/transport done" and how to block.
+// A Work never keeps its transport alive (NOTE: [comm ownership] in
+// transport.h); the watchdog polls it like is_completed() (NOTE: [watchdog]).
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <condition_variable>
+#include <limits>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -15,7 +19,8 @@
 
 namespace hpsgd::comm {
 
-// Raised (as hpsgd_ext.CommTimeoutError, a TimeoutError) when a deadline passes.
+// Raised (as hpsgd_ext.CommTimeoutError, a TimeoutError and a CommError) when
+// a deadline passes.
 struct CommTimeout : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -26,10 +31,12 @@ struct CommFailure : std::runtime_error {
 };
 
 class Transport;
+class CommState;
+enum class ErrorKind;
 
 class Work {
  public:
-  Work(std::shared_ptr<Transport> transport, at::Tensor flat, int64_t seq,
+  Work(const std::shared_ptr<Transport>& transport, at::Tensor flat, int64_t seq,
        std::shared_ptr<Work> previous, double issued_at, double hold_until, double deadline);
   virtual ~Work() = default;
   Work(const Work&) = delete;
@@ -45,6 +52,13 @@ class Work {
   // CUDA: the caller's current stream waits for the result (no CPU block).
   // CPU: nothing to order.
   virtual void synchronize_stream() {}
+  // CUDA: a 1-element float32 tensor aliasing mapped host memory, 1 while the
+  // communicator is healthy, cleared to 0 before it is aborted, so a kernel
+  // can refuse a half-reduced buffer (NOTE: [watchdog]). CPU: none.
+  virtual std::optional<at::Tensor> valid_flag() const { return std::nullopt; }
+  // Done (true) without polling anything; for pruning.
+  bool done() const { return done_.load(std::memory_order_acquire); }
+  double deadline() const { return deadline_; }
 
   int64_t seq() const { return seq_; }
   int64_t bytes() const { return bytes_; }
@@ -60,19 +74,26 @@ class Work {
   // Block up to `seconds` for progress (a condition variable or a short sleep).
   virtual void block_for(double seconds) = 0;
 
-  std::shared_ptr<Transport> transport_;
+  const std::shared_ptr<CommState> state_;
+  const std::weak_ptr<Transport> transport_;  // to abort it; never kept alive
   at::Tensor flat_;  // keeps the buffer alive until the collective is done
 
  private:
   bool check_done(bool raise_if_overdue);
+  // Records this Work's own error and the communicator's (first wins), aborts
+  // the transport, and throws.
+  [[noreturn]] void fail(ErrorKind kind, const std::string& why, bool count);
+  [[noreturn]] void raise_own() const;  // caller holds mu_
 
   const int64_t seq_;
   const int64_t bytes_;
-  std::shared_ptr<Work> previous_;  // dropped once complete: no chains
   const double issued_at_, hold_until_, deadline_;
-  mutable std::mutex mu_;
+  mutable std::mutex mu_;  // never held while blocking or polling the transport
+  std::shared_ptr<Work> previous_;  // dropped once complete: no chains
   double completed_at_;
-  bool done_ = false;
+  std::atomic<bool> done_{false};
+  int own_error_kind_ = 0;  // 0 none, else static_cast<int>(ErrorKind)
+  std::string own_error_;
 };
 
 }  // namespace hpsgd::comm
