@@ -55,13 +55,17 @@ CommError = _C.CommError
 CommTimeoutError = _C.CommTimeoutError
 
 Duration = Union[_dt.timedelta, float, int]
+# A deadline must be representable everywhere it travels (C++ clocks, Gloo's
+# milliseconds, timedelta): a year is far beyond any sensible collective.
+_MAX_SECONDS = 365 * 24 * 3600.0
 
 
 def to_seconds(value: Duration, name: str) -> float:
-    """A positive duration in seconds from a timedelta or a number."""
+    """A positive, finite duration in seconds from a timedelta or a number."""
     secs = value.total_seconds() if isinstance(value, _dt.timedelta) else value
-    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
-        raise ValueError(f"{name} is {value!r}; expected a positive timedelta or number of seconds")
+    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 < secs < _MAX_SECONDS:
+        raise ValueError(f"{name} is {value!r}; expected a positive, finite timedelta or number of "
+                         f"seconds (at most {_MAX_SECONDS:.0f})")
     return float(secs)
 
 

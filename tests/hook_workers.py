@@ -264,3 +264,29 @@ def mismatched(rank, world, what):
     except ValueError as e:
         return str(e)
     return None
+
+
+def stopped_peer(rank, world, timeout, sync_every):
+    """Rank 1 is SIGSTOPped mid-training (alive, silent). Rank 0 only runs steps,
+    never calls wait(): the watchdog must turn the missed deadline into an error
+    at rank 0's next step, within the timeout."""
+    import os
+    import signal
+
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hp = HPSGD(model, opt, sync_every=sync_every, timeout=timeout)
+    marks = []
+
+    def stop(s):
+        if s == 5:
+            if rank == 1:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            marks.append(time.monotonic())
+        time.sleep(0.01)
+
+    try:
+        train(model, opt, rank, 100_000, after_step=stop)
+    except hpsgd_ext.CommError as e:  # CommTimeoutError is one
+        return {"raised": type(e).__name__, "after": time.monotonic() - marks[0], "message": str(e)}
+    return {"raised": None}

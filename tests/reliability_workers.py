@@ -293,6 +293,7 @@ def nan_in_momentum(rank, world):
 
 # --- 4. close() releases everything ------------------------------------------------------
 def build_use_close(rank, world, cycles):
+    import ctypes
     import gc
     import resource
 
@@ -313,6 +314,9 @@ def build_use_close(rank, world, cycles):
         hp.close()
         del hp, opt, w
         gc.collect()
+        # glibc keeps freed 2 MB blocks in its heap (its mmap threshold grows with
+        # each free): return them first, so RSS counts what is really alive
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         marks.append(rss_mb())
     gc.collect()
     alive = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.numel() >= n_big)

@@ -75,7 +75,7 @@ def test_fixed_window_counts_and_stats():
         st = hp.stats()
         assert st["rounds"] == 4 and st["synchronizations"] == 1
         n = sum(p.numel() for p in m.parameters())
-        assert st["bytes_reduced"] == 4 * n * 4
+        assert st["bytes_reduced"] == 4 * (n + 1) * 4  # 4 rounds of the segments + one flag per rank
         assert st["comm"]["issued"] == 4 and st["comm"]["completed"] == 4
     assert not opt._optimizer_step_post_hooks  # close() removed the hook
 

@@ -115,8 +115,9 @@ def check(kwargs: dict, broken: set):
 
 @st.composite
 def arguments(draw):
-    # about 70% of examples break no rule, 20% one, 10% two
-    n_broken = draw(st.sampled_from([0] * 7 + [1] * 2 + [2]))
+    # about 80% of examples break no rule, 10% one, 10% two (hypothesis skews draws,
+    # so the test below asserts a looser "more than half")
+    n_broken = draw(st.sampled_from([0] * 8 + [1] + [2]))
     broken = set(draw(st.lists(st.sampled_from(ARGS), min_size=n_broken, max_size=n_broken, unique=True)))
     kw = {a: draw(st.sampled_from(INVALID[a])) if a in broken else draw(VALID[a]) for a in ARGS}
     momentum_valid = "outer_momentum" not in broken
@@ -147,8 +148,8 @@ def test_constructor_fuzz():
     COUNTS.clear()
     _fuzz()
     total = COUNTS["valid"] + COUNTS["invalid"]
-    assert total >= 100 and COUNTS["valid"] > 0.6 * total, COUNTS
-    assert COUNTS["invalid"] > 0.1 * total, COUNTS
+    # (every invalid value is also tried on its own by test_each_invalid_value_is_rejected)
+    assert total >= 100 and COUNTS["valid"] > 0.5 * total and COUNTS["invalid"] >= 5, COUNTS
 
 
 BASE = {"sync_every": 2, "replica": "keep", "comm_dtype": None, "outer_lr": 1.0, "outer_momentum": 0.5,
