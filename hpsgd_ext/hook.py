@@ -622,17 +622,13 @@ class HPSGD:
 
     def close(self) -> None:
         """Remove the hook and release the communicator and HPSGD's own groups.
-        Rounds in flight are dropped (call synchronize() first to keep them); a
-        round in flight is waited for first, at most until its deadline."""
+        Rounds in flight are dropped, not waited for (call synchronize() first to
+        keep them). Only a Gloo collective still running because a peer never
+        issued it can hold the release of HPSGD's group, at most until its deadline."""
         if self.closed:
             return
         self.detach()
         self.closed = True
-        try:
-            for w in self._inflight or ():
-                w.wait()
-        except (CommError, CommTimeoutError):
-            pass  # closing anyway; the communicator is aborted
         self._inflight = None
         self._final_comm_stats = self.comm.stats()
         if self._own_comm:

@@ -321,3 +321,33 @@ def build_use_close(rank, world, cycles):
     gc.collect()
     alive = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.numel() >= n_big)
     return {"alive": alive, "growth_mb": marks[-1] - marks[2]}
+
+
+def nan_round_leaves_global_model_bitwise(rank, world):
+    """Rank 1 poisons its replica after step 5: the round issued at step 6 carries
+    the NaN, and the boundary at step 8 must leave the global model (the anchors)
+    bit for bit as it was, on every rank, and count and warn at once (CPU)."""
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hp = HPSGD(model, opt, sync_every=2, timeout=20)
+    anchors = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(12):
+            _loss_step(model, opt, rank, s)
+            if rank == 1 and s == 4:
+                with torch.no_grad():
+                    model[0].weight[0, 0] = float("nan")
+            if s in (6, 7, 11):  # after the 7th, 8th and 12th step (the 10th merges the zero round)
+                anchors[s] = [a.clone() for a in hp.state_dict()["groups"][0]["anchors"]]
+            if s == 7:
+                skipped_at_8 = hp.stats()["skipped_rounds"]
+                warned_at_8 = len([c for c in caught if issubclass(c.category, RuntimeWarning)])
+    hp.synchronize()
+    unchanged = all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(anchors[6], anchors[7]))
+    moved_later = any(not torch.equal(a, b) for a, b in zip(anchors[7], anchors[11]))
+    out = flat_params(model)
+    hp.close()
+    return {"unchanged": unchanged, "moved_later": moved_later, "skipped_at_8": skipped_at_8,
+            "warned_at_8": warned_at_8, "finite": bool(torch.isfinite(out).all()),
+            "identical": same_on_every_rank(out, world)}

@@ -98,3 +98,10 @@ def test_close_releases_buffers_and_communicator():
     for v in values(run_ranks(W.build_use_close, 2, 15, timeout=90)):
         assert v["alive"] == 0, v
         assert v["growth_mb"] < 8, v
+
+
+def test_non_finite_round_leaves_the_global_model_bitwise():
+    for v in values(run_ranks(W.nan_round_leaves_global_model_bitwise, 2)):
+        assert v["unchanged"] and v["moved_later"], v
+        assert v["skipped_at_8"] == 1 and v["warned_at_8"] == 1, v
+        assert v["finite"] and v["identical"], v
