@@ -2,6 +2,7 @@
 the repository root), with its console scripts, and as an sdist and a wheel that build and
 install on their own."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -63,10 +64,11 @@ def test_console_scripts_installed(tmp_path, script):
 
 
 def _build_sdist(out: Path) -> Path:
-    try:
-        import build  # noqa: F401
+    # pypa/build if installed (the repository's build/ folder is a namespace package: no origin).
+    spec = importlib.util.find_spec("build")
+    if spec is not None and spec.origin not in (None, "namespace"):
         cmd = [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", out]
-    except ImportError:
+    else:
         cmd = [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", out]
     # The sdist is made without compiling; a C++-only configuration keeps setup.py quick.
     _run(cmd, cwd=ROOT, env=_clean_env(HPSGD_CUDA="0"), timeout=300)
