@@ -1,9 +1,14 @@
 # One command each, from a fresh clone: `make test` (build + every test) and
-# `make demo` (the main job). Both create .venv and build the extension first.
+# `make demo` (the main job). Both create .venv, install the package into it (editable,
+# with its console scripts) and build the extension first. VENV=/path uses another venv.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
+# The package installed editable into $(VENV): `import hpsgd_ext` works from any folder,
+# hpsgd-train and hpsgd-bench are on $(VENV)/bin. Redone when the packaging changes.
+EDITABLE := $(VENV)/.hpsgd-editable
+PIP    := $(PY) -m pip --disable-pip-version-check
 
 # torch's builder guesses CUDA_HOME from nvcc's path; point it at the toolkit.
 ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
@@ -22,15 +27,22 @@ all: build
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PIP) install -q -r requirements.txt
 	touch $@
 
 venv: $(DEPS)
 
+# The editable install compiles the extension in place (its objects in build/, where
+# `setup.py build_ext` keeps them: see setup.py), so the build below then compiles
+# nothing: a fresh clone compiles once. --no-build-isolation: build with $(VENV)'s torch.
+$(EDITABLE): $(DEPS) pyproject.toml setup.py MANIFEST.in hpsgd_ext/_version.py
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
 # ninja rebuilds only what changed; setup.py decides CUDA vs C++-only.
-build: $(DEPS)
+build: $(EDITABLE)
 	$(PY) setup.py -q build_ext --inplace
-	$(PY) -c "import hpsgd_ext as h; print('hpsgd_ext', h.__version__, 'cuda:', h.built_with_cuda(), 'nccl:', h.built_with_nccl())"
+	cd / && env -u PYTHONPATH $(abspath $(PY)) -c "import hpsgd_ext as h; print('hpsgd_ext', h.__version__, 'cuda:', h.built_with_cuda(), 'nccl:', h.built_with_nccl(), 'from', h.__path__[0])"
 
 test: build ctest bench-check test-py
 
@@ -58,7 +70,7 @@ bench-check: build
 	$(PY) -m pytest bench --benchmark-disable -q
 
 clean:
-	rm -rf build cmake-build cmake-build.log hpsgd_ext/*.so
+	rm -rf build dist cmake-build cmake-build.log hpsgd_ext/*.so
 
 # The main job: HPSGD vs DDP vs local SGD vs no communication, 2 CPU workers,
 # a 20 Mbit/s emulated link, 40 s each. Table, JSON and plot land in runs/demo.

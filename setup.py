@@ -160,7 +160,22 @@ def _extension():
         extra_link_args=link)
 
 
+def _persistent_build_temp() -> str:
+    """Where ``setup.py build_ext`` and ``pip wheel``/``pip install .`` keep the objects."""
+    return os.path.join("build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
 class _BuildExt(cpp_extension.BuildExtension):
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        # `pip install -e .` (setuptools' editable wheel) compiles in a fresh temporary
+        # directory each time: every install would recompile everything (about 8 minutes
+        # with CUDA). Keep its objects where the other builds keep theirs, so ninja only
+        # rebuilds what changed and an editable install after `build_ext --inplace`
+        # (or the reverse) compiles nothing.
+        if getattr(self, "editable_mode", False):
+            self.build_temp = _persistent_build_temp()
+
     def build_extensions(self) -> None:
         super().build_extensions()
         for ext in self.extensions:
@@ -170,6 +185,7 @@ class _BuildExt(cpp_extension.BuildExtension):
 _default_jobs()
 use_shared_libstdcxx_compiler(lambda msg: print(msg, flush=True))
 
+# The package list (pyproject.toml has none); build_support/ and tests/ are not installed.
 setup(
     packages=find_packages(include=["hpsgd_ext", "hpsgd_ext.*"]),
     ext_modules=[_extension()],
