@@ -101,36 +101,6 @@ def uneven_steps_auto(rank, world):
     return {"identical": same_on_every_rank(out, world), "stats": hp.stats()}
 
 
-def resume_bitwise(rank, world, H, total, cut):
-    def fresh():
-        model = make_model(seed=0)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        hp = HPSGD(model, opt, sync_every=H, replica="keep", outer_momentum=0.5, timeout=30)
-        return model, opt, hp
-
-    model, opt, hp = fresh()
-    train(model, opt, rank, cut)
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hpsgd": hp.state_dict()}, buf)
-    train(model, opt, rank, total - cut, start=cut)
-    hp.synchronize()
-    uninterrupted = flat_params(model)
-    hp.close()
-
-    model, opt, hp = fresh()
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["opt"])
-    hp.load_state_dict(ck["hpsgd"])
-    train(model, opt, rank, total - cut, start=cut)
-    hp.synchronize()
-    resumed = flat_params(model)
-    hp.close()
-    return {"bitwise": torch.equal(uninterrupted, resumed),
-            "max_diff": (uninterrupted - resumed).abs().max().item()}
-
-
 def mismatched_model(rank, world):
     model = make_model(seed=0, hidden=16 if rank == 0 else 17)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -40,9 +40,7 @@ def test_uneven_steps_auto_synchronize_terminates():
         assert v["stats"]["synchronizations"] == 2
 
 
-def test_resume_from_checkpoint_is_bitwise():
-    for v in values(run_ranks(W.resume_bitwise, 2, 4, 22, 10)):
-        assert v["bitwise"], v
+# Resuming bitwise (in either loading order): tests/test_reliability_multiprocess.py
 
 
 def test_mismatched_model_raises_on_every_rank():

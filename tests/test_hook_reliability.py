@@ -11,22 +11,9 @@ from torch import nn
 
 from hpsgd_ext import HPSGD
 from helpers import bitwise_equal
+from test_hook import model_opt, step
 
 pytestmark = pytest.mark.usefixtures("world_of_one")
-
-
-def model_opt(seed=0):
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 2))
-    return m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
-
-
-def step(m, opt, seed):
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(8, 6, generator=g), torch.randint(0, 2, (8,), generator=g)
-    opt.zero_grad()
-    nn.functional.cross_entropy(m(x), y).backward()
-    opt.step()
 
 
 # --- item 6: two HPSGD on one optimizer or model, an optimizer that does not own them ---
