@@ -48,13 +48,20 @@ def test_compute_stream_not_blocked_by_long_collective(world_of_one):
 
 
 def test_synchronize_stream_orders_consumer(world_of_one):
-    comm = Communicator(device="cuda", timeout=30, link=LinkModel(bandwidth=2e9, latency=0.05))
+    """A one-rank reduction leaves the values alone, so the order is observed in
+    time: after synchronize_stream() the current stream must not pass an event
+    until the held collective ends (it would at once if the wait were missing)."""
+    comm = Communicator(device="cuda", timeout=30, link=LinkModel(bandwidth=2e9, latency=0.2))
     x = torch.full((8 * 2**20,), 3.0, device="cuda")
+    torch.cuda.synchronize()
     work = comm.all_reduce_async(x)
     work.synchronize_stream()  # no CPU block
-    assert not work.is_completed()
     y = x * 2  # queued behind the reduction on the current stream
-    torch.cuda.synchronize()
+    consumer = torch.cuda.Event()
+    consumer.record()
+    time.sleep(0.05)
+    assert not consumer.query() and not work.is_completed()
+    consumer.synchronize()
     assert work.is_completed()
     assert torch.equal(y, torch.full_like(x, 6.0))
 

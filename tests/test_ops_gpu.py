@@ -33,18 +33,21 @@ def test_flat_buffer_larger_than_2_pow_31_bytes():
 
 
 def test_runs_on_the_current_stream():
+    """The inputs become ready only on the side stream, after a long sleep there: an
+    op that ran on any other stream would read the old (zero) inputs."""
     torch.manual_seed(1)
     side = torch.cuda.Stream()
-    ps = [torch.randn(1 << 20, device="cuda")]
-    an = [torch.randn(1 << 20, device="cuda")]
-    out = torch.empty(1 << 20, device="cuda")
-    expected = ps[0] - an[0]
+    src_p, src_a = torch.randn(1 << 20, device="cuda"), torch.randn(1 << 20, device="cuda")
+    ps, an = [torch.zeros(1 << 20, device="cuda")], [torch.zeros(1 << 20, device="cuda")]
+    out = torch.full((1 << 20,), float("nan"), device="cuda")
     torch.cuda.synchronize()
     with torch.cuda.stream(side):
-        torch.cuda._sleep(10_000_000)  # the op must queue behind this, not run beside it
+        torch.cuda._sleep(10_000_000)
+        ps[0].copy_(src_p)
+        an[0].copy_(src_a)
         ops.delta_flatten(ps, an, out)
         done = torch.cuda.Event()
         done.record()
     assert not done.query()
     done.synchronize()
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, src_p - src_a)
