@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from typing import Optional
 
 import torch
 
