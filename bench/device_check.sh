@@ -24,23 +24,25 @@ stage() {  # stage NAME SECONDS LOG COMMAND...
   nvcc --version | tail -2; nproc; } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-stage build 200 build.log $PY setup.py -q build_ext --inplace || { tail -40 "$OUT/build.log"; exit 1; }
+stage build 180 build.log $PY setup.py -q build_ext --inplace || { tail -40 "$OUT/build.log"; exit 1; }
 $PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl", h.built_with_nccl())' | tee -a "$OUT/summary.txt"
 
 PYT="$PY -m pytest -p no:cacheprovider -q -rfEs --timeout 60"
 # In a worker process where pytest-xdist is there: a test that crashes the
 # interpreter is reported as failed and the rest still run.
 XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 1 --max-worker-restart 100"
-stage tests-gpu 200 tests.log $PYT $XDIST -m gpu tests/test_build.py tests/test_ops.py tests/test_ops_gpu.py \
-    tests/test_ops_errors.py tests/test_ops_opcheck.py tests/test_comm_gpu.py tests/test_hook_gpu.py
+stage tests-build 30 tests.log $PYT tests/test_build.py
+stage tests-gpu 240 tests.log $PYT $XDIST -m gpu --durations 15 tests/test_ops.py tests/test_ops_gpu.py \
+    tests/test_ops_errors.py tests/test_ops_opcheck.py tests/test_comm_gpu.py tests/test_hook_gpu.py \
+    tests/test_hook_gpu_multiprocess.py
 tail -3 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
 
 B="$PY -m hpsgd_ext.bench"
-stage kernels 70 bench.log $B kernels --device cuda --out "$RES"
-stage comm 60 bench.log $B comm --device cuda --out "$RES"
-stage hook 90 bench.log $B hook --device cuda --repeats 500 --out "$RES"
-stage step-overlap 45 bench.log $B step-overlap --device cuda --out "$RES"
+stage kernels 60 bench.log $B kernels --device cuda --out "$RES"
+stage comm 40 bench.log $B comm --device cuda --max-bytes 256M --out "$RES"
+stage hook 60 bench.log $B hook --device cuda --repeats 500 --out "$RES"
+stage step-overlap 40 bench.log $B step-overlap --device cuda --out "$RES"
 tar czf "$OUT/results.tgz" -C "$RES" .
 for f in "$RES"/*.txt; do echo "== $(basename "$f")"; cat "$f"; done | tail -c 6000
 echo; cat "$OUT/summary.txt"

@@ -85,6 +85,10 @@ class Communicator:
         device: where the buffers live; CUDA buffers use the NCCL transport when
             :func:`hpsgd_ext.built_with_nccl`, CPU buffers the c10d transport.
             Default: the current CUDA device for an NCCL group, else CPU.
+        transport: ``None`` (choose as above), ``"nccl"`` or ``"c10d"``. ``"c10d"``
+            with CUDA buffers reduces them through ``process_group`` itself (Gloo
+            stages them through host memory, so the host waits for each round: for
+            processes that share one GPU, which NCCL refuses, and for tests).
         timeout: deadline of every collective (from its issue) and of every wait.
         link: optional :class:`LinkModel` (emulation, see module docs).
         min_ctas, max_ctas: NCCL transport only: bounds on the CTAs (thread blocks)
@@ -101,7 +105,7 @@ class Communicator:
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None,
                  device: Optional[Union[torch.device, str]] = None,
                  timeout: Duration = _dt.timedelta(minutes=5),
-                 link: Optional[LinkModel] = None, *,
+                 link: Optional[LinkModel] = None, *, transport: Optional[str] = None,
                  min_ctas: Optional[int] = None, max_ctas: Optional[int] = None):
         self._core = None
         self._final_error: Optional[str] = None
@@ -122,22 +126,34 @@ class Communicator:
             device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self.device = torch.device(device)
         self.process_group = process_group
-        if self.device.type == "cuda":
-            self._core = self._make_nccl(process_group, backend, link)
+        if transport not in (None, "nccl", "c10d"):
+            raise ValueError(f"Communicator: transport is {transport!r}; expected None, 'nccl' or 'c10d'")
+        if self.device.type == "cuda" and transport != "c10d":
+            self._core = self._make_nccl(process_group, backend, link, required=transport == "nccl")
+        elif self.device.type == "cuda":
+            if backend not in ("gloo", "nccl"):
+                raise ValueError(f"Communicator: transport='c10d' with CUDA buffers needs a gloo or nccl "
+                                 f"process group; this one is {backend!r}")
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self.device = torch.device("cuda", index)
+            self._core = _C.c10d_communicator(process_group, self.timeout, link)
+        elif transport == "nccl":
+            raise ValueError(f"Communicator: transport='nccl' needs CUDA buffers; device is {self.device}")
         elif self.device.type == "cpu":
             self._core = _C.c10d_communicator(process_group, self.timeout, link)
         else:
             raise ValueError(f"Communicator: device {self.device} is not supported; expected cpu or cuda")
 
-    def _make_nccl(self, pg, backend, link):
+    def _make_nccl(self, pg, backend, link, required):
         from . import built_with_nccl
 
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self.device = torch.device("cuda", index)
         if not built_with_nccl():
-            if backend == "nccl":  # the group itself can reduce CUDA tensors
+            if not required and backend in ("gloo", "nccl"):  # the group itself reduces CUDA tensors
                 return _C.c10d_communicator(pg, self.timeout, link)
-            raise NotImplementedError("Communicator: CUDA buffers need the NCCL transport, and this "
+            raise NotImplementedError("Communicator: CUDA buffers need the NCCL transport (or "
+                                      "transport='c10d' over a gloo or nccl group), and this "
                                       "build has none (hpsgd_ext.built_with_nccl() is False)")
         rank, world = dist.get_rank(pg), dist.get_world_size(pg)
         uid = [_C.nccl_unique_id() if rank == 0 else None]

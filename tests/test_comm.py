@@ -231,3 +231,19 @@ def test_cta_limits_validated(world_of_one, kwargs, name):
 def test_cta_limits_ignored_on_cpu(world_of_one):
     with Communicator(timeout=5, min_ctas=1, max_ctas=4) as comm:
         comm.all_reduce_async(torch.ones(5)).wait()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"transport": "mpi"}, "transport is 'mpi'"),
+    ({"transport": "nccl"}, "transport='nccl' needs CUDA buffers"),
+])
+def test_transport_validated(world_of_one, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Communicator(timeout=5, **kwargs)
+
+
+def test_c10d_transport_named_explicitly_on_cpu(world_of_one):
+    with Communicator(timeout=5, transport="c10d") as comm:
+        x = torch.arange(6, dtype=torch.float32)
+        comm.all_reduce_async(x).wait()
+        assert torch.equal(x, torch.arange(6, dtype=torch.float32))

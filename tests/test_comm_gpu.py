@@ -148,3 +148,18 @@ def test_sum_mode_and_cta_limits_on_nccl(world_of_one):
     assert comm.error is None
     comm.close()
     assert comm.error is None  # a clean close finalizes, records nothing
+
+
+def test_c10d_transport_reduces_cuda_buffers_over_gloo(world_of_one):
+    """transport='c10d': the user's Gloo group reduces CUDA buffers (staged through
+    host memory); once the Work is done, any stream reads the result."""
+    comm = Communicator(device="cuda", transport="c10d", timeout=30)
+    assert comm.transport.startswith("c10d") and comm.device.type == "cuda"
+    for dt in (torch.float32, torch.bfloat16):
+        x = torch.randn(1_000_003, device="cuda").to(dt)
+        ref = x.clone()
+        w = comm.all_reduce_async(x, average=False)
+        w.synchronize_stream()
+        assert w.is_completed()
+        assert torch.equal(x, ref)
+    comm.close()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import hpsgd_ext
-from hpsgd_ext import HPSGD, LinkModel
+from hpsgd_ext import HPSGD, Communicator, LinkModel
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("world_of_one"),
               pytest.mark.skipif(not hpsgd_ext.built_with_nccl(), reason="no NCCL in this build")]
@@ -63,6 +63,41 @@ def test_boundary_does_not_block_the_cpu_on_a_slow_link():
     hp.synchronize()
     assert hp.stats()["rounds"] == 4
     hp.close()
+
+
+def test_watchdog_times_out_a_held_round_and_merges_nothing():
+    """A round held on the device by link emulation past a 3 s timeout, while the
+    training thread only runs steps (fixed H: it never waits): the watchdog marks the
+    round invalid, aborts, and the next step raises CommTimeoutError within 5 s of
+    the round's issue; nothing hangs; the merges the compute stream had already
+    queued discard the held rounds (reset replica: after every boundary the
+    parameters are the anchors, still the initial ones, bit for bit)."""
+    m = _model()
+    init = [p.detach().clone() for p in m.parameters()]
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    comm = Communicator(device="cuda", timeout=3, link=LinkModel(bandwidth=1.0, latency=3600.0))
+    hp = HPSGD(m, opt, sync_every=2, replica="reset", timeout=3, communicator=comm)
+    snapshots, issued = [], None
+    t0 = time.monotonic()
+    with pytest.raises(hpsgd_ext.CommTimeoutError) as err:
+        for s in range(100_000):
+            _step(m, opt, s)
+            if s % 2 == 1:  # a boundary ended this step
+                issued = issued or time.monotonic()
+                snapshots.append([p.detach().clone() for p in m.parameters()])
+            time.sleep(0.01)
+            assert time.monotonic() - t0 < 30, "no error 30 s after a 3 s deadline"
+    assert time.monotonic() - issued < 5.0
+    assert "rank 0" in str(err.value), str(err.value)
+    torch.cuda.synchronize()  # the hold was cancelled: the device drains
+    assert len(snapshots) >= 2
+    for snap in snapshots:
+        for a, b in zip(snap, init):
+            assert torch.equal(a, b)
+    with pytest.raises(hpsgd_ext.CommError):
+        hp.synchronize()
+    hp.close()
+    comm.close()
 
 
 def test_long_run_allocates_nothing_per_round():

@@ -1,10 +1,25 @@
-// The c10d transport: any torch.distributed process group (Gloo for CPU
-// tensors), driven from C++ so the scheduling in Transport/Work is the same
-// code the NCCL transport uses. The group's own collective runs on its worker
-// threads; completion arrives through the Work's future and wakes waiters.
+// The c10d transport: any torch.distributed process group, driven from C++ so
+// the scheduling in Transport/Work is the same code the NCCL transport uses.
+// The group's own collective runs on its worker threads; completion arrives
+// through the Work's future and wakes waiters.
+//
+// NOTE: [c10d on CUDA]
+// CUDA buffers work on any group that reduces them: Gloo copies them to host
+// memory on its own stream (ordered after the caller's current stream at
+// issue), reduces on the host and copies back. It is the only way two
+// processes can share one GPU, which NCCL refuses. The completion callback
+// (run by the group's thread, on a stream that waits for the copy back) waits
+// for the device before it reports done, so "done" means what it means on CPU:
+// every stream may read the result. The host therefore waits at a boundary on
+// this transport by its nature (the reduction runs on the host); the NCCL
+// transport is the one whose boundary never waits.
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include <condition_variable>
+
+#ifdef HPSGD_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include "../checks.h"
 #include "transport_c10d.h"
@@ -48,6 +63,16 @@ class C10dWork final : public Work {
   std::shared_ptr<Completion> completion_;
 };
 
+// The callback's current stream waits for the group's copy back (the future's
+// events); block this (the group's) thread until it and our division are done.
+void device_done(const at::Tensor& flat) {
+#ifdef HPSGD_WITH_CUDA
+  c10::cuda::getCurrentCUDAStream(flat.device().index()).synchronize();
+#else
+  TORCH_CHECK(false, "a CUDA buffer in a build without CUDA");
+#endif
+}
+
 }  // namespace
 
 C10dTransport::C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
@@ -60,10 +85,10 @@ C10dTransport::C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double t
 C10dTransport::~C10dTransport() { stop_watchdog(); }
 
 void C10dTransport::check_buffer(const at::Tensor& flat) const {
-  HPSGD_CHECK_ARG(flat.device().is_cpu() || backend_ == "nccl",
+  HPSGD_CHECK_ARG(flat.device().is_cpu() || (flat.is_cuda() && (backend_ == "nccl" || backend_ == "gloo")),
                   "all_reduce_async: flat is on ", flat.device(), " but the c10d transport over ",
-                  backend_, " reduces CPU tensors; expected a CPU tensor (CUDA "
-                  "buffers use the NCCL transport)");
+                  backend_, " reduces CPU tensors; expected a CPU tensor (CUDA buffers need a "
+                  "gloo or nccl group)");
 }
 
 std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, bool average, int64_t seq,
@@ -93,9 +118,10 @@ std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, bool average,
         std::string error;
         if (fut.hasError()) {
           error = fut.tryRetrieveErrorMessage();
-        } else if (divide) {
+        } else {
           try {
-            flat.div_(world);
+            if (divide) flat.div_(world);
+            if (flat.is_cuda()) device_done(flat);  // NOTE: [c10d on CUDA]
           } catch (const std::exception& e) {
             error = e.what();
           }
