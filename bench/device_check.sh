@@ -7,13 +7,16 @@
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
 export HPSGD_COMMIT=${1:-unknown} PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
+# A stage past its limit gets SIGABRT: Python's fault handler then prints every
+# thread's stack into the log (where it hung), before the SIGKILL 5 s later.
+export PYTHONFAULTHANDLER=1
 PY=${PY:-python3}
 RES=$(mktemp -d)
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
 stage() {  # stage NAME SECONDS LOG COMMAND...
     local name=$1 secs=$2 log=$3; shift 3
     local t0=$SECONDS
-    timeout -k 5 "$secs" "$@" >>"$OUT/$log" 2>&1
+    timeout -s ABRT -k 5 "$secs" "$@" >>"$OUT/$log" 2>&1
     local rc=$?
     summary "$(printf '%-14s rc=%-3s %4ss  (limit %ss, log %s)' "$name" "$rc" $((SECONDS - t0)) "$secs" "$log")"
     return $rc
@@ -27,7 +30,9 @@ cat "$OUT/env.txt"
 stage build 180 build.log $PY setup.py -q build_ext --inplace || { tail -40 "$OUT/build.log"; exit 1; }
 $PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl", h.built_with_nccl())' | tee -a "$OUT/summary.txt"
 
-PYT="$PY -m pytest -p no:cacheprovider -q -rfEs --timeout 60"
+# -v: each test's name and verdict as it ends (a crash or a hang then has a name);
+# the thread method dumps the stacks and ends a test stuck in C code too.
+PYT="$PY -m pytest -p no:cacheprovider -v -rfEs --timeout 60 --timeout-method thread"
 # In a worker process where pytest-xdist is there: a test that crashes the
 # interpreter is reported as failed and the rest still run.
 XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 1 --max-worker-restart 100"

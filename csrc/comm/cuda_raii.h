@@ -4,21 +4,51 @@
 #ifdef HPSGD_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include <mutex>
+#include <utility>
+#include <vector>
+
 #include "../checks.h"
 
 namespace hpsgd::comm {
 
+// NOTE: [comm stream lifetime]
+// A communicator's stream is never destroyed: it goes back to a process-wide
+// free list (per device) for the next communicator. The buffers reduced on it
+// are recorded to it in the caching allocator (recordStream), which records an
+// event on the stream whenever such a buffer is freed, possibly long after the
+// communicator closed; on a destroyed stream that record fails, inside a
+// tensor's destructor (std::terminate). Each communicator still gets a stream
+// of its own while it lives: two communicators sharing one stream would
+// serialise their collectives in each rank's issue order, which can differ
+// between ranks (two HPSGD instances with auto windows) and deadlock.
 class CudaStream {
  public:
   // The highest priority the device offers: the reduction should not queue
   // behind bulk compute kernels for SM time.
   explicit CudaStream(int device) : device_(device) {
+    {
+      std::lock_guard<std::mutex> lock(free_mu());
+      auto& pool = free_list();
+      for (auto it = pool.begin(); it != pool.end(); ++it) {
+        if (it->first == device) {
+          stream_ = it->second;
+          pool.erase(it);
+          return;
+        }
+      }
+    }
     int least = 0, greatest = 0;
     HPSGD_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     HPSGD_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, greatest));
   }
   ~CudaStream() {
-    if (stream_) cudaStreamDestroy(stream_);  // never throws from a destructor
+    if (!stream_) return;
+    try {
+      std::lock_guard<std::mutex> lock(free_mu());
+      free_list().emplace_back(device_, stream_);
+    } catch (...) {  // out of memory for the list: keep the stream alive, unlisted
+    }
   }
   CudaStream(const CudaStream&) = delete;
   CudaStream& operator=(const CudaStream&) = delete;
@@ -26,6 +56,16 @@ class CudaStream {
   int device() const { return device_; }
 
  private:
+  // Leaked on purpose (never destroyed at exit: the allocator may still use them).
+  static std::mutex& free_mu() {
+    static auto* mu = new std::mutex;
+    return *mu;
+  }
+  static std::vector<std::pair<int, cudaStream_t>>& free_list() {
+    static auto* list = new std::vector<std::pair<int, cudaStream_t>>;
+    return *list;
+  }
+
   int device_;
   cudaStream_t stream_ = nullptr;
 };

@@ -264,7 +264,8 @@ std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, bool average,
   }
   work->end.record(comm_stream);
   // The buffer is in use on the comm stream until `end`: the allocator must
-  // not hand its memory out again before then, even if Python frees it.
+  // not hand its memory out again before then, even if Python frees it. The
+  // stream outlives the transport for this (NOTE: [comm stream lifetime]).
   c10::cuda::CUDACachingAllocator::recordStream(
       flat.storage().data_ptr(), c10::cuda::getStreamFromExternal(comm_stream, device_));
   return work;
