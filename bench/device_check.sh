@@ -4,6 +4,8 @@
 # own time limit so that one slow stage cannot eat the others' time. Everything
 # lands in $OUT (at most 8 files come back): logs, and the results folder as a tarball.
 #   usage: bash bench/device_check.sh COMMIT
+# HPSGD_CHECK_TESTS (test files) and HPSGD_CHECK_BENCH (a subset of: kernels comm
+# hook step-overlap) narrow a rerun to what it must look at again.
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
 export HPSGD_COMMIT=${1:-unknown} PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
@@ -37,17 +39,23 @@ PYT="$PY -m pytest -p no:cacheprovider -v -rfEs --timeout 60 --timeout-method th
 # interpreter is reported as failed and the rest still run.
 XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 1 --max-worker-restart 100"
 stage tests-build 30 tests.log $PYT tests/test_build.py
-stage tests-gpu 240 tests.log $PYT $XDIST -m gpu --durations 15 tests/test_ops.py tests/test_ops_gpu.py \
-    tests/test_ops_errors.py tests/test_ops_opcheck.py tests/test_comm_gpu.py tests/test_hook_gpu.py \
-    tests/test_hook_gpu_multiprocess.py
-tail -3 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
-stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
+TESTS=${HPSGD_CHECK_TESTS:-"tests/test_ops.py tests/test_ops_gpu.py tests/test_ops_errors.py tests/test_ops_opcheck.py
+    tests/test_comm_gpu.py tests/test_hook_gpu.py tests/test_hook_gpu_multiprocess.py"}
+# shellcheck disable=SC2086
+stage tests-gpu 240 tests.log $PYT $XDIST -m gpu --durations 15 $TESTS
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25 | tee -a "$OUT/summary.txt"
+[ -z "${HPSGD_CHECK_TESTS:-}" ] && stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
 
 B="$PY -m hpsgd_ext.bench"
-stage kernels 60 bench.log $B kernels --device cuda --out "$RES"
-stage comm 40 bench.log $B comm --device cuda --max-bytes 256M --out "$RES"
-stage hook 60 bench.log $B hook --device cuda --repeats 500 --out "$RES"
-stage step-overlap 40 bench.log $B step-overlap --device cuda --out "$RES"
+for b in ${HPSGD_CHECK_BENCH:-kernels comm hook step-overlap}; do
+    case $b in
+    kernels) stage kernels 60 bench.log $B kernels --device cuda --out "$RES" ;;
+    comm) stage comm 40 bench.log $B comm --device cuda --max-bytes 256M --out "$RES" ;;
+    hook) stage hook 60 bench.log $B hook --device cuda --repeats 500 --out "$RES" ;;
+    step-overlap) stage step-overlap 40 bench.log $B step-overlap --device cuda --out "$RES" ;;
+    *) summary "unknown benchmark $b" ;;
+    esac
+done
 tar czf "$OUT/results.tgz" -C "$RES" .
 for f in "$RES"/*.txt; do echo "== $(basename "$f")"; cat "$f"; done | tail -c 6000
 echo; cat "$OUT/summary.txt"
