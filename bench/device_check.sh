@@ -5,7 +5,8 @@
 # lands in $OUT (at most 8 files come back): logs, and the results folder as a tarball.
 #   usage: bash bench/device_check.sh COMMIT
 # HPSGD_CHECK_TESTS (test files) and HPSGD_CHECK_BENCH (a subset of: kernels comm
-# hook step-overlap) narrow a rerun to what it must look at again.
+# hook step-overlap) narrow a rerun to what it must look at again;
+# HPSGD_CHECK_TEST_LIMIT and HPSGD_CHECK_BENCH_LIMIT (seconds) shorten its stages.
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
 export HPSGD_COMMIT=${1:-unknown} PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
@@ -42,17 +43,17 @@ stage tests-build 30 tests.log $PYT tests/test_build.py
 TESTS=${HPSGD_CHECK_TESTS:-"tests/test_ops.py tests/test_ops_gpu.py tests/test_ops_errors.py tests/test_ops_opcheck.py
     tests/test_comm_gpu.py tests/test_hook_gpu.py tests/test_hook_gpu_multiprocess.py"}
 # shellcheck disable=SC2086
-stage tests-gpu 240 tests.log $PYT $XDIST -m gpu --durations 15 $TESTS
+stage tests-gpu "${HPSGD_CHECK_TEST_LIMIT:-240}" tests.log $PYT $XDIST -m gpu --durations 15 $TESTS
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25 | tee -a "$OUT/summary.txt"
 [ -z "${HPSGD_CHECK_TESTS:-}" ] && stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
 
 B="$PY -m hpsgd_ext.bench"
 for b in ${HPSGD_CHECK_BENCH:-kernels comm hook step-overlap}; do
     case $b in
-    kernels) stage kernels 60 bench.log $B kernels --device cuda --out "$RES" ;;
-    comm) stage comm 40 bench.log $B comm --device cuda --max-bytes 256M --out "$RES" ;;
-    hook) stage hook 60 bench.log $B hook --device cuda --repeats 500 --out "$RES" ;;
-    step-overlap) stage step-overlap 40 bench.log $B step-overlap --device cuda --out "$RES" ;;
+    kernels) stage kernels "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log $B kernels --device cuda --out "$RES" ;;
+    comm) stage comm "${HPSGD_CHECK_BENCH_LIMIT:-40}" bench.log $B comm --device cuda --max-bytes 256M --out "$RES" ;;
+    hook) stage hook "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log $B hook --device cuda --repeats 500 --out "$RES" ;;
+    step-overlap) stage step-overlap "${HPSGD_CHECK_BENCH_LIMIT:-40}" bench.log $B step-overlap --device cuda --out "$RES" ;;
     *) summary "unknown benchmark $b" ;;
     esac
 done
