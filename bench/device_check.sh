@@ -6,7 +6,8 @@
 #   usage: bash bench/device_check.sh COMMIT
 # HPSGD_CHECK_TESTS (test files) and HPSGD_CHECK_BENCH (a subset of: kernels comm
 # hook step-overlap) narrow a rerun to what it must look at again;
-# HPSGD_CHECK_TEST_LIMIT and HPSGD_CHECK_BENCH_LIMIT (seconds) shorten its stages.
+# HPSGD_CHECK_TEST_LIMIT, HPSGD_CHECK_BENCH_LIMIT and HPSGD_CHECK_TEST_TIMEOUT (per
+# test) shorten its stages (seconds).
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
 export HPSGD_COMMIT=${1:-unknown} PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
@@ -35,7 +36,7 @@ $PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl",
 
 # -v: each test's name and verdict as it ends (a crash or a hang then has a name);
 # the thread method dumps the stacks and ends a test stuck in C code too.
-PYT="$PY -m pytest -p no:cacheprovider -v -rfEs --timeout 60 --timeout-method thread"
+PYT="$PY -m pytest -p no:cacheprovider -v -rfEs --timeout ${HPSGD_CHECK_TEST_TIMEOUT:-60} --timeout-method thread"
 # In a worker process where pytest-xdist is there: a test that crashes the
 # interpreter is reported as failed and the rest still run.
 XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 1 --max-worker-restart 100"
