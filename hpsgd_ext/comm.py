@@ -32,7 +32,10 @@ stream). Pass the same ``LinkModel`` object to baselines so every algorithm sees
 the same link. On CUDA, warm up before a long hold: with lazy module loading
 (CUDA's default), the first launch of a kernel may wait for every running kernel,
 the spinning hold too, so a step that launches something new stalls until the
-emulated link is free. Closing or aborting the communicator ends its holds.
+emulated link is free. Closing or aborting the communicator ends its holds. Close a
+communicator whose hold is running before any other: tearing an NCCL communicator
+down may synchronize the whole device, which waits for a hold spinning on another
+communicator's stream (seen on an H200: ``hpsgd-bench hook`` hung in ``close()``).
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ void bind_comm(py::module_& m) {
             w.wait(timeout ? std::optional<double>(timeout->count()) : std::nullopt);
           },
           "timeout"_a = py::none())
-      .def("synchronize_stream", &Work::synchronize_stream)
+      // The c10d transport's CUDA buffers wait on the host here (NOTE: [c10d on CUDA]).
+      .def("synchronize_stream", &Work::synchronize_stream, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("valid_flag", &Work::valid_flag,
                              "CUDA: 1-element float32 tensor aliasing mapped host memory, 1 while "
                              "the communicator is healthy, 0 once it was aborted. CPU: None.")

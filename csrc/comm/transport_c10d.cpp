@@ -44,6 +44,12 @@ class C10dWork final : public Work {
         work_(std::move(work)),
         completion_(std::move(c)) {}
 
+  // The result is in place only once the group's thread saw the copy back end
+  // (NOTE: [c10d on CUDA]): the host waits, within the deadline, as wait() does.
+  void synchronize_stream() override {
+    if (flat_.is_cuda()) wait(std::nullopt);
+  }
+
  protected:
   bool transport_done() override {
     std::lock_guard<std::mutex> lock(completion_->mu);

@@ -121,7 +121,9 @@ def run(widths=(256, 1024), steps: int = 1, repeats: int = 1000, device: str = "
         plain = statistics.median(quiet["plain"])
         boundaries.append({"width": width, "params": params, "rounds": s["rounds"],
                            "boundary_s": own, "fraction_of_step": own / plain, "hook_call_us": hook_us})
-        for hp in hps:
+        # The held case first: tearing down an NCCL communicator may synchronize the
+        # whole device, which would wait for a hold still spinning on another stream.
+        for hp in (auto, fixed, every):
             hp.close()
     return {"benchmark": "hook_overhead", "device": device, "rows": rows, "boundary": boundaries,
             "window_bookkeeping_us": window_bookkeeping(device)}
