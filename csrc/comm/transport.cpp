@@ -76,7 +76,13 @@ void CommState::count_wait(double seconds) {
 // --- Watchdog (NOTE: [watchdog] in transport.h) --------------------------------
 
 Watchdog::Watchdog(std::weak_ptr<Transport> transport) : ctl_(std::make_shared<Control>()) {
-  thread_ = std::thread(&Watchdog::run, ctl_, std::move(transport));
+  thread_ = std::thread(&Watchdog::run, ctl_, transport);
+  try {
+    monitor_ = std::thread(&Watchdog::monitor, ctl_, std::move(transport));
+  } catch (...) {
+    stop();
+    throw;
+  }
 }
 
 Watchdog::~Watchdog() { stop(); }
@@ -87,15 +93,38 @@ void Watchdog::stop() {
     ctl_->stop = true;
   }
   ctl_->cv.notify_all();
-  if (!thread_.joinable()) return;
-  if (thread_.get_id() == std::this_thread::get_id()) {
-    // The tick dropped the last reference to the transport: we are inside its
-    // destructor on the watchdog thread. Joining ourselves would deadlock; the
-    // loop sees `stop` right after and touches only `ctl` (its own copy).
-    thread_.detach();
-  } else {
-    thread_.join();
+  for (std::thread* t : {&thread_, &monitor_}) {
+    if (!t->joinable()) continue;
+    if (t->get_id() == std::this_thread::get_id()) {
+      // A pass dropped the last reference to the transport: we are inside its
+      // destructor on that thread. Joining ourselves would deadlock; the loop
+      // sees `stop` right after and touches only `ctl` (its own copy).
+      t->detach();
+    } else {
+      t->join();
+    }
   }
+}
+
+void Watchdog::monitor(std::shared_ptr<Control> ctl, std::weak_ptr<Transport> weak) {
+  double last = now_s();
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(ctl->mu);
+      ctl->cv.wait_for(lock, std::chrono::duration<double>(kPeriod), [&] { return ctl->stop; });
+      if (ctl->stop) return;
+    }
+    const double now = now_s();
+    const bool punctual = now - last <= kGrace;
+    last = now;
+    std::shared_ptr<Transport> t = weak.lock();
+    if (!t) return;
+    try {
+      t->expire_overdue(punctual);
+    } catch (...) {
+      // never let the thread take the process down
+    }
+  }  // may run ~Transport here (then `stop` is set and the thread detached)
 }
 
 void Watchdog::run(std::shared_ptr<Control> ctl, std::weak_ptr<Transport> weak) {
@@ -283,6 +312,21 @@ double Transport::watchdog_tick() {
     }
   }
   return nearest;
+}
+
+void Transport::expire_overdue(bool punctual) {
+  if (!punctual || state_->aborted() || closed_.load()) return;
+  std::vector<std::shared_ptr<Work>> works;
+  {
+    std::lock_guard<std::mutex> in(inflight_mu_);
+    works.assign(inflight_.begin(), inflight_.end());
+  }
+  const double now = now_s();
+  try {
+    for (const auto& w : works) w->expire_if_overdue(now, Watchdog::kGrace);
+  } catch (const std::exception&) {
+    // recorded by the Work, transport aborted
+  }
 }
 
 }  // namespace hpsgd::comm

@@ -30,6 +30,16 @@
 // destroyed on the watchdog thread, which then detaches instead of joining
 // itself. The hot path adds nothing but a push under a short, never-blocking
 // lock: no waiter holds a lock while it blocks.
+//
+// Beside it runs a deadline monitor that never calls into the device or the
+// transport: every kPeriod it fails, as timed out, each Work not seen complete
+// kGrace after its deadline. The watchdog's own queries can block: the driver
+// may make them wait behind the training thread (a kernel loaded lazily waits
+// for the device to go idle, holding the context) while the device is held by
+// the very collective that is overdue. The abort's first, host-only steps (the
+// validity flag, the link holds, NCCL's abort flag) let the device, and so the
+// query, go on. A monitor pass that comes late after the previous one (the
+// process was stopped: nothing was observed meanwhile) judges nothing.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -99,11 +109,14 @@ class Transport;
 class Watchdog {
  public:
   static constexpr double kPeriod = 0.1;  // seconds between ticks at most
+  // A Work past its deadline by this much was not seen complete by a running
+  // watchdog (which looks every kPeriod): the monitor expires it.
+  static constexpr double kGrace = 0.5;
   explicit Watchdog(std::weak_ptr<Transport> transport);
   ~Watchdog();
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
-  // Wakes the thread and joins it (detaches it when called on it).
+  // Wakes the threads and joins them (detaches the one it is called on).
   void stop();
 
  private:
@@ -113,9 +126,10 @@ class Watchdog {
     bool stop = false;
   };
   static void run(std::shared_ptr<Control> ctl, std::weak_ptr<Transport> transport);
+  static void monitor(std::shared_ptr<Control> ctl, std::weak_ptr<Transport> transport);
 
   std::shared_ptr<Control> ctl_;
-  std::thread thread_;
+  std::thread thread_, monitor_;
 };
 
 class Transport : public std::enable_shared_from_this<Transport> {
@@ -159,6 +173,9 @@ class Transport : public std::enable_shared_from_this<Transport> {
 
   // One watchdog pass; returns the nearest in-flight deadline (or +inf).
   double watchdog_tick();
+  // One deadline-monitor pass (host only); `punctual`: the previous one was
+  // less than kGrace ago.
+  void expire_overdue(bool punctual);
   size_t in_flight() const;
 
  protected:

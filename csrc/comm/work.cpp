@@ -125,6 +125,18 @@ bool Work::check_done(bool raise_if_overdue) {
 
 bool Work::is_completed() { return check_done(true); }
 
+void Work::expire_if_overdue(double now, double grace) {
+  if (done() || now <= deadline_ + grace) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (own_error_kind_ != 0) raise_own();
+  }
+  fail(ErrorKind::kTimeout,
+       describe() + " did not complete within its deadline of " + std::to_string(state_->timeout_s) +
+           " s (a peer rank may have died, hung or not issued it); the communicator was aborted",
+       true);
+}
+
 void Work::wait(std::optional<double> timeout_s) {
   if (check_done(true)) return;
   const double start = now_s();

@@ -56,6 +56,10 @@ class Work {
   // communicator is healthy, cleared to 0 before it is aborted, so a kernel
   // can refuse a half-reduced buffer (NOTE: [watchdog]). CPU: none.
   virtual std::optional<at::Tensor> valid_flag() const { return std::nullopt; }
+  // The watchdog's host-only judgement (NOTE: [watchdog]): fails this Work as
+  // timed out if it is not done `grace` seconds past its deadline, querying
+  // neither the device nor the transport.
+  void expire_if_overdue(double now, double grace);
   // Done (true) without polling anything; for pruning.
   bool done() const { return done_.load(std::memory_order_acquire); }
   double deadline() const { return deadline_; }
