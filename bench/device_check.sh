@@ -4,8 +4,8 @@
 # own time limit so that one slow stage cannot eat the others' time. Everything
 # lands in $OUT (at most 8 files come back): logs, and the results folder as a tarball.
 #   usage: bash bench/device_check.sh COMMIT
-# HPSGD_CHECK_TESTS (test files) and HPSGD_CHECK_BENCH (a subset of: kernels comm
-# hook step-overlap) narrow a rerun to what it must look at again;
+# HPSGD_CHECK_OPS_TESTS / HPSGD_CHECK_RUN_TESTS (test files, empty for none) and
+# HPSGD_CHECK_BENCH (a subset of: kernels comm hook step-overlap) narrow a rerun;
 # HPSGD_CHECK_TEST_LIMIT, HPSGD_CHECK_BENCH_LIMIT and HPSGD_CHECK_TEST_TIMEOUT (per
 # test) shorten its stages (seconds).
 set -u
@@ -37,16 +37,20 @@ $PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl",
 # -v: each test's name and verdict as it ends (a crash or a hang then has a name);
 # the thread method dumps the stacks and ends a test stuck in C code too.
 PYT="$PY -m pytest -p no:cacheprovider -v -rfEs --timeout ${HPSGD_CHECK_TEST_TIMEOUT:-60} --timeout-method thread"
-# In a worker process where pytest-xdist is there: a test that crashes the
-# interpreter is reported as failed and the rest still run.
-XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 1 --max-worker-restart 100"
-stage tests-build 30 tests.log $PYT tests/test_build.py
-TESTS=${HPSGD_CHECK_TESTS:-"tests/test_ops.py tests/test_ops_gpu.py tests/test_ops_errors.py tests/test_ops_opcheck.py
-    tests/test_comm_gpu.py tests/test_hook_gpu.py tests/test_hook_gpu_multiprocess.py"}
+# In worker processes (pytest-xdist): a test that crashes the interpreter is
+# reported as failed and the rest still run. The kernel tests time nothing and run
+# on 4 workers; the runtime tests time the host and the streams, so one at a time,
+# with -s so that a timed-out test's stack dump reaches the log.
+OPS_TESTS=${HPSGD_CHECK_OPS_TESTS-"tests/test_ops.py tests/test_ops_gpu.py tests/test_ops_errors.py tests/test_ops_opcheck.py"}
+RUN_TESTS=${HPSGD_CHECK_RUN_TESTS-"tests/test_comm_gpu.py tests/test_hook_gpu.py tests/test_hook_gpu_multiprocess.py"}
 # shellcheck disable=SC2086
-stage tests-gpu "${HPSGD_CHECK_TEST_LIMIT:-240}" tests.log $PYT $XDIST -m gpu --durations 15 $TESTS
-grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25 | tee -a "$OUT/summary.txt"
-[ -z "${HPSGD_CHECK_TESTS:-}" ] && stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
+[ -n "$OPS_TESTS" ] && stage tests-ops "${HPSGD_CHECK_TEST_LIMIT:-150}" tests.log \
+    $PYT -n 4 --max-worker-restart 100 -m gpu $OPS_TESTS
+# shellcheck disable=SC2086
+[ -n "$RUN_TESTS" ] && stage tests-runtime "${HPSGD_CHECK_TEST_LIMIT:-150}" tests.log \
+    $PYT -s -n 1 --max-worker-restart 100 -m gpu --durations 15 $RUN_TESTS
+grep -E "^(FAILED|ERROR)|(passed|failed).* in " "$OUT/tests.log" | tail -25 | tee -a "$OUT/summary.txt"
+[ -z "${HPSGD_CHECK_BENCH:-}" ] && stage bench-suite 45 tests.log $PYT -k cuda bench --benchmark-disable
 
 B="$PY -m hpsgd_ext.bench"
 for b in ${HPSGD_CHECK_BENCH:-kernels comm hook step-overlap}; do
