@@ -13,36 +13,17 @@ what it saw.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+from toy_task import dataset, digest, mlp, write_result
 
+from hpsgd_ext.integrations import replicas_agree
 from hpsgd_ext.integrations.accelerate import prepare
-
-
-def replicas_agree(module: nn.Module) -> bool:
-    """Do all ranks hold bit-identical parameters? (A collective on the world group.)"""
-    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
-    everyone = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-    dist.all_gather(everyone, flat)
-    return all(torch.equal(everyone[0], f) for f in everyone)
-
-
-def digest(module: nn.Module) -> str:
-    return hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in module.parameters())).hexdigest()
-
-
-def data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 16, generator=g)
-    return TensorDataset(x, x[:, :4].argmax(1))
 
 
 def main() -> int:
@@ -56,12 +37,12 @@ def main() -> int:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(0)
-    model = nn.Sequential(nn.Linear(16, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 4))
+    model = mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model, optimizer, hp = prepare(accelerator, model, optimizer, sync_every=sync_every)
     # 256 training samples: 8 steps of 16 per rank and epoch on 2 ranks.
-    train = accelerator.prepare(DataLoader(data(256, 1), batch_size=16))
-    val = accelerator.prepare(DataLoader(data(64, 2), batch_size=16))
+    train = accelerator.prepare(DataLoader(dataset(256, 1), batch_size=16))
+    val = accelerator.prepare(DataLoader(dataset(64, 2), batch_size=16))
 
     first_epoch = 0
     if args.resume:
@@ -84,12 +65,9 @@ def main() -> int:
         accelerator.save_state(os.path.join(args.out, f"state_epoch{epoch}"))  # every rank calls it
 
     hp.synchronize()
-    result = {"rank": accelerator.process_index, "agree_at_eval": agree_at_eval,
-              "agree_at_end": replicas_agree(model), "digest": digest(model),
-              "stats": {k: v for k, v in hp.stats().items() if isinstance(v, (int, float))}}
+    result = {"agree_at_eval": agree_at_eval, "agree_at_end": replicas_agree(model), "digest": digest(model)}
+    write_result(args.out, accelerator.process_index, result, hp.stats())
     hp.close()
-    with open(os.path.join(args.out, f"rank{accelerator.process_index}.json"), "w") as f:
-        json.dump(result, f)
     accelerator.end_training()
     return 0 if result["agree_at_end"] and all(agree_at_eval) else 1
 

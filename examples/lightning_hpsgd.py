@@ -12,37 +12,24 @@ same weights (after HPSGD's synchronize()), and each rank writes what it saw.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 
 import lightning.pytorch as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+from toy_task import dataset, digest, mlp, write_result
 
+from hpsgd_ext.integrations import replicas_agree
 from hpsgd_ext.integrations.lightning import HPSGDCallback, HPSGDStrategy
-
-
-def replicas_agree(module: nn.Module) -> bool:
-    """Do all ranks hold bit-identical parameters? (A collective on the world group.)"""
-    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
-    everyone = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-    dist.all_gather(everyone, flat)
-    return all(torch.equal(everyone[0], f) for f in everyone)
-
-
-def digest(module: nn.Module) -> str:
-    return hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in module.parameters())).hexdigest()
 
 
 class Classifier(L.LightningModule):
     def __init__(self, lr: float = 1e-2):
         super().__init__()
         self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Linear(16, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 4))
+        self.net = mlp()
         self.agree_at_validation: list[bool] = []
 
     def training_step(self, batch, batch_idx):
@@ -61,12 +48,6 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-
-
-def data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 16, generator=g)
-    return TensorDataset(x, x[:, :4].argmax(1))
 
 
 def main() -> int:
@@ -89,17 +70,13 @@ def main() -> int:
         max_epochs=args.epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True)
     # 256 training samples: 8 steps of 16 per rank and epoch on 2 ranks.
-    trainer.fit(model, DataLoader(data(256, 1), batch_size=16), DataLoader(data(64, 2), batch_size=16),
+    trainer.fit(model, DataLoader(dataset(256, 1), batch_size=16), DataLoader(dataset(64, 2), batch_size=16),
                 ckpt_path=args.resume)
 
     # After fit: HPSGDCallback synchronized at on_train_end and closed HPSGD at teardown.
-    result = {"rank": trainer.global_rank, "agree_at_validation": model.agree_at_validation,
-              "agree_at_end": replicas_agree(model), "digest": digest(model),
-              "global_step": trainer.global_step,
-              "stats": {k: v for k, v in hpsgd.last_stats.items() if isinstance(v, (int, float))}}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"rank{trainer.global_rank}.json"), "w") as f:
-        json.dump(result, f)
+    result = {"agree_at_validation": model.agree_at_validation, "agree_at_end": replicas_agree(model),
+              "digest": digest(model), "global_step": trainer.global_step}
+    write_result(args.out, trainer.global_rank, result, hpsgd.last_stats)
     ok = result["agree_at_end"] and all(model.agree_at_validation)
     return 0 if ok else 1
 

@@ -44,6 +44,16 @@ def check_run(rs: list[dict], checks_key: str, checks: int) -> None:
     assert rs[0]["digest"] == rs[1]["digest"]
 
 
+def check_resumed(rr: list[dict], uninterrupted: list[dict], checks_key: str) -> None:
+    """A run resumed after the first epoch: the replicas agree at each of the
+    remaining checks, HPSGD's counters were restored (they count the first epoch),
+    and it ends bit for bit where the uninterrupted run ended."""
+    for r in rr:
+        assert r[checks_key] == [True] * (EPOCHS - 1) and r["agree_at_end"], r
+        assert r["stats"]["local_steps"] == EPOCHS * STEPS_PER_EPOCH, r
+    assert rr[0]["digest"] == rr[1]["digest"] == uninterrupted[0]["digest"]
+
+
 def check_saved(state: dict) -> None:
     """An integration's saved state: HPSGD's, taken right after synchronize() (so
     any rank may load it), and each of the 2 ranks' own optimizer state."""
@@ -55,47 +65,37 @@ def check_saved(state: dict) -> None:
     assert not torch.equal(opt[0]["state"][0]["exp_avg"], opt[1]["state"][0]["exp_avg"])
 
 
+def run_and_resume(tmp_path: Path, script: str, checks_key: str, first_checkpoint: str) -> Path:
+    """Run ``script`` for EPOCHS epochs, then again resumed from ``first_checkpoint``
+    (saved by the first run after its first epoch); check both. The first run's folder."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    torchrun(script, tmp_path, "--epochs", str(EPOCHS), "--out", str(full))
+    rs = results(full)
+    check_run(rs, checks_key, EPOCHS)
+    torchrun(script, tmp_path, "--epochs", str(EPOCHS), "--out", str(resumed),
+             "--resume", str(full / first_checkpoint))
+    check_resumed(results(resumed), rs, checks_key)
+    return full
+
+
 @pytest.mark.multiprocess
 @pytest.mark.timeout(480)
 def test_lightning_fit_validate_checkpoint_resume(tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    torchrun("lightning_hpsgd.py", tmp_path, "--epochs", str(EPOCHS), "--out", str(full))
-    rs = results(full)
-    check_run(rs, "agree_at_validation", EPOCHS)
-    ckpt = full / "ckpt" / "epoch=0.ckpt"
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    full = run_and_resume(tmp_path, "lightning_hpsgd.py", "agree_at_validation", "ckpt/epoch=0.ckpt")
+    saved = torch.load(full / "ckpt" / "epoch=0.ckpt", map_location="cpu", weights_only=False)
     check_saved(saved["callbacks"]["HPSGDCallback"])
     # The checkpoint's weights are the global model (HPSGD's anchors), not a replica.
     anchors = saved["callbacks"]["HPSGDCallback"]["hpsgd"]["groups"][0]["anchors"]
     weights = [v for k, v in saved["state_dict"].items() if "running" not in k and "num_batches" not in k]
     assert len(anchors) == len(weights) and all(torch.equal(a, w) for a, w in zip(anchors, weights))
 
-    torchrun("lightning_hpsgd.py", tmp_path, "--epochs", str(EPOCHS), "--out", str(resumed),
-             "--resume", str(ckpt))
-    rr = results(resumed)
-    for r in rr:
-        assert r["agree_at_validation"] == [True] * (EPOCHS - 1) and r["agree_at_end"], r
-        assert r["stats"]["local_steps"] == EPOCHS * STEPS_PER_EPOCH, r  # HPSGD's counters were restored
-    assert rr[0]["digest"] == rs[0]["digest"]  # resumed == uninterrupted, bit for bit
-
 
 @pytest.mark.multiprocess
 @pytest.mark.timeout(480)
 def test_accelerate_evaluate_save_load_resume(tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    torchrun("accelerate_hpsgd.py", tmp_path, "--epochs", str(EPOCHS), "--out", str(full))
-    rs = results(full)
-    check_run(rs, "agree_at_eval", EPOCHS)
-    state0 = full / "state_epoch0"
-    check_saved(torch.load(state0 / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False))
-
-    torchrun("accelerate_hpsgd.py", tmp_path, "--epochs", str(EPOCHS), "--out", str(resumed),
-             "--resume", str(state0))
-    rr = results(resumed)
-    for r in rr:
-        assert r["agree_at_eval"] == [True] * (EPOCHS - 1) and r["agree_at_end"], r
-        assert r["stats"]["local_steps"] == EPOCHS * STEPS_PER_EPOCH, r
-    assert rr[0]["digest"] == rs[0]["digest"]
+    full = run_and_resume(tmp_path, "accelerate_hpsgd.py", "agree_at_eval", "state_epoch0")
+    check_saved(torch.load(full / "state_epoch0" / "custom_checkpoint_0.pkl", map_location="cpu",
+                           weights_only=False))
 
 
 def test_import_hpsgd_ext_needs_no_framework():

@@ -32,4 +32,17 @@ def require(module: str, integration: str, extra: str):
             f"pip install 'hpsgd_ext[{extra}]', or see requirements.txt for the pin") from e
 
 
-__all__ = ["require"]
+
+def replicas_agree(module, group=None) -> bool:
+    """Collective over ``group`` (default: the world): do all ranks hold bit-identical
+    parameters in ``module``? True right after :meth:`hpsgd_ext.HPSGD.synchronize`."""
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    everyone = [torch.empty_like(flat) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(everyone, flat, group=group)
+    return all(torch.equal(everyone[0], f) for f in everyone)
+
+
+__all__ = ["replicas_agree", "require"]
