@@ -161,8 +161,6 @@ class HPSGDStrategy(_DDPStrategy):
     replica; :class:`HPSGDCallback` keeps them together). Takes DDPStrategy's
     arguments (``process_group_backend="gloo"`` on CPU is the default there)."""
 
-    strategy_name = "hpsgd"
-
     def configure_ddp(self) -> None:
         # No DistributedDataParallel: no per-step gradient all-reduce.
         assert isinstance(self.model, L.LightningModule)
