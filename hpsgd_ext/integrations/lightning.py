@@ -55,8 +55,6 @@ class HPSGDCallback(L.Callback):
     """
 
     def __init__(self, **hpsgd_kwargs: Any):
-        if "process_group" in hpsgd_kwargs and hpsgd_kwargs["process_group"] is None:
-            hpsgd_kwargs.pop("process_group")
         self.hpsgd_kwargs = hpsgd_kwargs
         self.hpsgd: Optional[HPSGD] = None
         self._last: Optional[HPSGD] = None
