@@ -218,12 +218,13 @@ void Engine::account() {
 void Engine::run_boundary() {
   // docs/round-protocol.md, "Boundary".
   HPSGD_LABEL("hpsgd.boundary");
+  at::NoGradGuard no_grad;  // the step writes the user's parameters in place
   const double t0 = now_s();
   check_not_capturing();
   const int64_t steps = counters_.steps_in_window;
   const bool merging = inflight_.has_value();
   const double exposed = merging ? await_inflight(false) : 0.0;
-  const int prev = 1 - fill_, fill = fill_;
+  const int prev = in_flight_index(), fill = fill_;
   const at::Tensor verdict = merging ? verdict_of(prev) : at::Tensor();
   std::vector<std::shared_ptr<comm::Work>> works;
   works.reserve(groups_.size());
@@ -267,6 +268,7 @@ int64_t Engine::agree_on_rounds() {
 void Engine::synchronize() {
   // docs/round-protocol.md, "synchronize()".
   HPSGD_LABEL("hpsgd.synchronize");
+  at::NoGradGuard no_grad;
   check_usable();
   const int64_t target = agree_on_rounds();
   while (counters_.rounds < target) {  // one round behind: close it as a catch-up
@@ -276,7 +278,7 @@ void Engine::synchronize() {
   run_boundary();  // the final round, in lock step on every rank
   counters_.exposed_seconds += await_inflight(true);
   account();
-  const int last = 1 - fill_, scratch = fill_;
+  const int last = in_flight_index(), scratch = fill_;
   const at::Tensor verdict = verdict_of(last);
   verdicts_.drain(true);
   for (Group& g : groups_) {
@@ -295,8 +297,8 @@ void Engine::synchronize() {
 void Engine::quiesce() {
   check_usable();
   if (inflight_) {
-    for (const auto& w : *inflight_) w->wait(std::nullopt);
-#ifdef HPSGD_WITH_CUDA
+    await_inflight(/*host=*/true);
+#ifdef HPSGD_WITH_CUDA  // and what the compute stream queued after it (the verdict's copy)
     if (device_.is_cuda()) c10::cuda::getCurrentCUDAStream(device_.index()).synchronize();
 #endif
   }
@@ -321,7 +323,7 @@ void Engine::replace_live(size_t group, size_t index, const at::Tensor& t) {
 
 std::vector<at::Tensor> Engine::reduced() const {
   std::vector<at::Tensor> out;
-  for (const Group& g : groups_) out.push_back(g.flats[1 - fill_]);
+  for (const Group& g : groups_) out.push_back(g.flats[in_flight_index()]);
   return out;
 }
 

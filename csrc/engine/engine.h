@@ -125,6 +125,7 @@ class Engine {
   // NOTE: [double buffer] flats[fill_] is filled at the next boundary while
   // flats[1 - fill_] is (or holds) the round in flight.
   int fill_ = 0;
+  int in_flight_index() const { return 1 - fill_; }
   // The round in flight: one Work per group; empty after a restore (completed);
   // nullopt when nothing is in flight.
   std::optional<std::vector<std::shared_ptr<comm::Work>>> inflight_;
