@@ -9,7 +9,9 @@
 The round protocol (what a boundary does, why ranks of different speeds cannot
 deadlock or mismatch collectives, what synchronize() agrees on), the non-finite
 rule and the tensor-set rule are written once, in docs/round-protocol.md; the
-code below points to its sections by name.
+code points to its sections by name. The round runs in the C++ engine
+(csrc/engine; "Where each rule lives" in that note); this module wires it to a
+module, an optimizer, Python's exceptions and warnings, and state dicts.
 """
 
 from __future__ import annotations
