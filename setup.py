@@ -128,7 +128,8 @@ def _default_jobs() -> None:
 
 def _extension():
     with_cuda = _want_cuda()
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/comm/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/comm/*.cpp")
+                     + glob.glob("csrc/engine/*.cpp"))
     define = []
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"] + _cpu_arch_flags()
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]

@@ -1,10 +1,11 @@
-// The Python module hpsgd_ext._C: build facts and the communicator bindings.
+// The Python module hpsgd_ext._C: build facts, the communicator and the round engine bindings.
 // The ops themselves are registered with the dispatcher (TORCH_LIBRARY) when
 // this library loads and are reached through torch.ops.hpsgd.
 #include <torch/extension.h>
 
 namespace hpsgd {
 void bind_comm(pybind11::module_& m);
+void bind_engine(pybind11::module_& m);
 }
 
 
@@ -25,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   });
   hpsgd::bind_comm(m);
+  hpsgd::bind_engine(m);
 }

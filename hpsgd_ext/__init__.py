@@ -11,7 +11,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C
 from ._version import __version__
-from . import ops, reference
+from . import emulation, ops, reference
 from .comm import CommError, CommTimeoutError, Communicator, LinkModel, Work
 from .hook import HPSGD
 
@@ -26,5 +26,5 @@ def built_with_nccl() -> bool:
     return bool(_C.built_with_nccl())
 
 
-__all__ = ["__version__", "built_with_cuda", "built_with_nccl", "ops", "reference", "Communicator", "HPSGD",
+__all__ = ["__version__", "built_with_cuda", "built_with_nccl", "ops", "reference", "emulation", "Communicator", "HPSGD",
            "LinkModel", "Work", "CommError", "CommTimeoutError"]

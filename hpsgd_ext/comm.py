@@ -24,18 +24,12 @@ failed one with :class:`CommError`. The first failure is recorded: every later c
 kernel that consumes the reduced buffer can refuse a half-reduced one without a host
 sync (CPU: ``None``). ``abort()`` and ``close()`` never wait on a peer.
 
-Link emulation (``link=LinkModel(bandwidth, latency)``) is an *emulation* for
-benchmarks and the demo on one machine: one serial link, each collective's
-completion held until ``max(issue, previous finish) + latency + bytes / bandwidth``
-(CPU: checked by the waiting thread; CUDA: a one-thread delay kernel on the comm
-stream). Pass the same ``LinkModel`` object to baselines so every algorithm sees
-the same link. On CUDA, warm up before a long hold: with lazy module loading
-(CUDA's default), the first launch of a kernel may wait for every running kernel,
-the spinning hold too, so a step that launches something new stalls until the
-emulated link is free. Closing or aborting the communicator ends its holds. Close a
-communicator whose hold is running before any other: tearing an NCCL communicator
-down may synchronize the whole device, which waits for a hold spinning on another
-communicator's stream (seen on an H200: ``hpsgd-bench hook`` hung in ``close()``).
+Link emulation (``link=LinkModel(bandwidth, latency)``) is for benchmarks and the
+demo on one machine: each collective's completion is held as a modelled serial link
+would hold it (CPU: checked by the waiting thread; CUDA: a one-thread delay kernel
+on the comm stream). The policy and the helpers for HPSGD, DDP and blocking
+collectives are in :mod:`hpsgd_ext.emulation`. Closing or aborting the
+communicator ends its holds.
 """
 
 from __future__ import annotations
@@ -49,8 +43,7 @@ import torch.distributed as dist
 from . import _C
 from .profiling import label
 
-__all__ = ["Communicator", "LinkModel", "Work", "CommError", "CommTimeoutError", "to_seconds",
-           "link_allreduce_hook", "held_by_link"]
+__all__ = ["Communicator", "LinkModel", "Work", "CommError", "CommTimeoutError", "to_seconds"]
 
 LinkModel = _C.LinkModel
 Work = _C.Work
@@ -246,48 +239,3 @@ class Communicator:
             return "<hpsgd_ext.Communicator closed>"
         return (f"<hpsgd_ext.Communicator {self._core.transport} rank {self._core.rank}/"
                 f"{self._core.world_size} on {self.device}>")
-
-
-def _sleep_until(finish: float) -> None:
-    """Block until ``finish`` on the communicator's monotonic clock."""
-    import time as _time
-
-    delay = finish - _C.monotonic()
-    if delay > 0:
-        _time.sleep(delay)
-
-
-def link_allreduce_hook(state, bucket):
-    """A DDP communication hook that applies the same :class:`LinkModel` emulation as
-    the Communicator: mean all-reduce of the bucket, completion held until the
-    modelled time. ``state`` is ``(link, process_group)``; register with
-    ``ddp_model.register_comm_hook((link, group), link_allreduce_hook)``."""
-    link, group = state
-    buf = bucket.buffer()
-    finish = link.reserve(buf.numel() * buf.element_size())
-    world = dist.get_world_size(group)
-    fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
-
-    def held(f):
-        _sleep_until(finish)
-        return f.value()[0].div_(world)
-
-    return fut.then(held)
-
-
-class held_by_link:
-    """Context manager for a *blocking* collective of ``nbytes``: books the link on
-    entry (the collective's issue) and, on exit, blocks until the modelled finish.
-    A no-op when ``link`` is None."""
-
-    def __init__(self, link: Optional[LinkModel], nbytes: int):
-        self.link, self.nbytes, self.finish = link, nbytes, 0.0
-
-    def __enter__(self):
-        if self.link is not None:
-            self.finish = self.link.reserve(self.nbytes)
-        return self
-
-    def __exit__(self, *exc):
-        if self.link is not None:
-            _sleep_until(self.finish)

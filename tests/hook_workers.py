@@ -11,6 +11,7 @@ from torch import nn
 
 import hpsgd_ext
 from hpsgd_ext import HPSGD
+from hpsgd_ext.emulation import EmulatedLink
 from hpsgd_ext.reference import ReferenceHPSGD
 
 
@@ -75,7 +76,7 @@ def straggler_auto(rank, world, steps, replica):
     model = make_model(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     link = hpsgd_ext.LinkModel(bandwidth=2e6, latency=0.01)
-    hp = HPSGD(model, opt, sync_every="auto", replica=replica, link=link, timeout=30)
+    hp = HPSGD(model, opt, sync_every="auto", replica=replica, communicator=EmulatedLink(link), timeout=30)
     t0 = time.monotonic()
     # rank 0 is 3x slower per step than the others; they end up with longer windows
     train(model, opt, rank, steps, slow=0.015 if rank == 0 else 0.005)

@@ -13,6 +13,7 @@ from torch import nn
 
 import hpsgd_ext
 from hpsgd_ext import HPSGD
+from hpsgd_ext.emulation import EmulatedLink
 from hook_workers import batch, flat_params, make_model, same_on_every_rank, train
 
 
@@ -64,7 +65,8 @@ def two_models(rank, world):
     og = torch.optim.SGD(gen.parameters(), lr=0.05)
     od = torch.optim.SGD(disc.parameters(), lr=0.05)
     link = hpsgd_ext.LinkModel(bandwidth=5e6, latency=0.004)
-    hg, hd = HPSGD(gen, og, timeout=20, link=link), HPSGD(disc, od, timeout=20, link=link)
+    hg = HPSGD(gen, og, timeout=20, communicator=EmulatedLink(link))
+    hd = HPSGD(disc, od, timeout=20, communicator=EmulatedLink(link))
     for s in range(60):
         _loss_step(gen, og, rank, s)
         if rank == (s // 10) % 2:

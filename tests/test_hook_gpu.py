@@ -11,6 +11,7 @@ from torch import nn
 
 import hpsgd_ext
 from hpsgd_ext import HPSGD, Communicator, LinkModel
+from hpsgd_ext.emulation import EmulatedLink
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("world_of_one"),
               pytest.mark.skipif(not hpsgd_ext.built_with_nccl(), reason="no NCCL in this build")]
@@ -50,7 +51,7 @@ def test_single_rank_keep_equals_plain_training(comm_dtype):
 def test_boundary_does_not_block_the_cpu_on_a_slow_link():
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    hp = HPSGD(m, opt, sync_every=2, link=LinkModel(bandwidth=1e6, latency=0.2))
+    hp = HPSGD(m, opt, sync_every=2, communicator=EmulatedLink(LinkModel(bandwidth=1e6, latency=0.2)))
     _step(m, opt, 0)  # kernels loaded, optimizer state made
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -148,7 +149,8 @@ def test_no_host_synchronisation_on_any_step(sync_every):
     torch.manual_seed(0)
     m = _TinyTransformer().cuda()
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    hp = HPSGD(m, opt, sync_every=sync_every, link=LinkModel(bandwidth=2e9, latency=2e-3))
+    hp = HPSGD(m, opt, sync_every=sync_every,
+               communicator=EmulatedLink(LinkModel(bandwidth=2e9, latency=2e-3)))
     data = torch.randint(0, 128, (8, 9, 16), device="cuda")
 
     def run(steps):

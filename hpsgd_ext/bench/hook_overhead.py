@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from ..comm import LinkModel
+from ..emulation import EmulatedLink, LinkModel
 from ..hook import HPSGD
 from ..launch import init_world_of_one
 
@@ -87,7 +87,7 @@ def run(widths=(256, 1024), steps: int = 1, repeats: int = 1000, device: str = "
         # One model and optimizer, one hook attached at a time (HPSGD refuses two).
         hps = []
         for kw in ({"sync_every": 10**9}, {"sync_every": "auto", "timeout": 3600,
-                                           "link": LinkModel(bandwidth=1.0, latency=0.0)}, {"sync_every": 1}):
+                                           "communicator": EmulatedLink(LinkModel(bandwidth=1.0, latency=0.0))}, {"sync_every": 1}):
             hps.append(HPSGD(model, opt, **kw))
             hps[-1].detach()
         fixed, auto, every = hps

@@ -4,7 +4,7 @@ the same emulated link:
 * ``none``: no communication at all (each worker trains alone; the speed ceiling);
 * ``hpsgd`` / ``hpsgd-reset``: :class:`hpsgd_ext.HPSGD` with the keep / reset replica;
 * ``ddp``: torch DistributedDataParallel, a mean all-reduce of gradients every step
-  (through :func:`hpsgd_ext.comm.link_allreduce_hook`);
+  (through :func:`hpsgd_ext.emulation.link_allreduce_hook`);
 * ``localsgd``: torch's ``PostLocalSGDOptimizer`` with a ``PeriodicModelAverager``:
   blocking model averaging every H steps (the averaging held by the same link);
 * ``hpsgd-ref``: :class:`hpsgd_ext.reference.ReferenceHPSGD`, the same algorithm with a
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..comm import LinkModel, held_by_link, link_allreduce_hook
+from ..emulation import EmulatedLink, LinkModel, held_by_link, link_allreduce_hook
 from ..hook import HPSGD
 
 ALGORITHMS = ("none", "hpsgd", "hpsgd-reset", "ddp", "localsgd", "hpsgd-ref", "ceiling")
@@ -49,7 +49,8 @@ class _HPSGD(Algorithm):
     def __init__(self, model, optimizer, link, replica, cfg):
         super().__init__(model, optimizer)
         sync_every = cfg["sync_every"] if cfg["sync_every"] == "auto" else int(cfg["sync_every"])
-        self.hp = HPSGD(model, optimizer, sync_every=sync_every, replica=replica, link=link,
+        self.hp = HPSGD(model, optimizer, sync_every=sync_every, replica=replica,
+                        communicator=EmulatedLink(link) if link is not None else None,
                         comm_dtype=COMM_DTYPES[cfg["comm_dtype"]], timeout=cfg["timeout"])
 
     def sync_for_eval(self):

@@ -1,0 +1,135 @@
+#include "verdict.h"
+
+#include <sstream>
+
+#ifdef HPSGD_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+#endif
+
+namespace hpsgd::engine {
+namespace {
+
+const char* const kAdvice =
+    "a NaN/Inf gradient also poisons that rank's optimizer state (momentum, Adam moments), "
+    "so every later change of that rank is non-finite too. Use a torch.amp.GradScaler (it skips "
+    "non-finite steps; pass grad_scaler= to HPSGD with a fixed window) or reset that rank's "
+    "optimizer state; see the README's 'Failure behaviour'";
+
+// Both finite iff every element is: min and max propagate NaN and reach +-Inf.
+std::pair<at::Tensor, at::Tensor> finite_ends(const at::Tensor& seg) {
+  auto [lo, hi] = at::aminmax(seg);
+  return {at::isfinite(lo), at::isfinite(hi)};
+}
+
+}  // namespace
+
+void own_flag(const at::Tensor& flat, int64_t numel, int rank, int world, bool check) {
+  at::Tensor tail = flat.narrow(0, numel, world);
+  tail.zero_();
+  if (check && numel > 0) {
+    auto [lo, hi] = finite_ends(flat.narrow(0, 0, numel));
+    tail.narrow(0, rank, 1).copy_(at::logical_not(at::logical_and(lo, hi)).reshape({1}));
+  }
+}
+
+at::Tensor reduced_verdict(const std::vector<at::Tensor>& flats, const std::vector<int64_t>& numels,
+                           int world) {
+  std::vector<at::Tensor> finite, flags;
+  for (size_t i = 0; i < flats.size(); ++i) {
+    if (numels[i] > 0) {
+      auto [lo, hi] = finite_ends(flats[i].narrow(0, 0, numels[i]));
+      finite.push_back(lo);
+      finite.push_back(hi);
+    }
+    flags.push_back(flats[i].narrow(0, numels[i], world).to(at::kFloat));
+  }
+  at::Tensor ok = finite.empty()
+                      ? at::ones({}, flats[0].options().dtype(at::kBool))
+                      : at::stack(finite).all();
+  at::Tensor who = at::stack(flags).sum(0).ne(0).to(at::kFloat);
+  return at::cat({ok.to(at::kFloat).reshape({1}), who});
+}
+
+VerdictPolicy::VerdictPolicy(int rank, int world, int64_t max_bad_rounds, std::string comm_dtype_name)
+    : rank_(rank), world_(world), max_bad_rounds_(max_bad_rounds),
+      comm_dtype_name_(std::move(comm_dtype_name)) {}
+
+void VerdictPolicy::push(int64_t round, const at::Tensor& info) {
+#ifdef HPSGD_WITH_CUDA
+  if (info.is_cuda()) {
+    // The host reads the copy only once the event has passed: never a sync.
+    at::Tensor host = at::empty(info.sizes(), info.options().device(at::kCPU).pinned_memory(true));
+    host.copy_(info, /*non_blocking=*/true);
+    auto event = std::make_shared<at::cuda::CUDAEvent>();
+    event->record(at::cuda::getCurrentCUDAStream(info.device().index()));
+    queue_.push_back({round, host, [event](bool block) {
+                        if (event->query()) return true;
+                        if (block) event->synchronize();
+                        return block;
+                      }});
+    return;
+  }
+#endif
+  queue_.push_back({round, info, [](bool) { return true; }});
+}
+
+void VerdictPolicy::drain(bool block) {
+  while (!queue_.empty()) {
+    if (!queue_.front().ready(block)) return;
+    Pending p = std::move(queue_.front());
+    queue_.pop_front();
+    apply(p.round, p.host);
+  }
+}
+
+void VerdictPolicy::load(const VerdictCounts& c) {
+  queue_.clear();
+  counts_ = c;
+}
+
+std::vector<std::string> VerdictPolicy::take_warnings() {
+  std::vector<std::string> out;
+  out.swap(warnings_);
+  return out;
+}
+
+void VerdictPolicy::apply(int64_t round, const at::Tensor& info) {
+  at::Tensor v = info.to(at::kFloat).contiguous();
+  const float* values = v.data_ptr<float>();
+  const bool valid = values[0] != 0.f;
+  // The round issued right after a discarded one carries zeros: its finite
+  // verdict proves nothing about the replicas, so it does not end a streak.
+  const bool zero_round = counts_.last_round_discarded;
+  counts_.last_round_discarded = !valid;
+  if (valid) {
+    if (!zero_round) counts_.consecutive_bad_rounds = 0;
+    return;
+  }
+  counts_.skipped_rounds += 1;
+  counts_.consecutive_bad_rounds += 1;
+  std::vector<int> ranks;
+  for (int j = 0; j < world_; ++j)
+    if (values[1 + j] != 0.f) ranks.push_back(j);
+  std::ostringstream cause;
+  if (!ranks.empty()) {
+    cause << (ranks.size() == 1 ? "rank " : "ranks ");
+    for (size_t i = 0; i < ranks.size(); ++i) cause << (i ? ", " : "") << ranks[i];
+    cause << " sent a non-finite change (NaN/Inf)";
+  } else {
+    cause << "every rank's change was finite but their mean overflowed the wire dtype ("
+          << comm_dtype_name_ << "); use a wider comm_dtype";
+  }
+  if (counts_.consecutive_bad_rounds >= max_bad_rounds_) {
+    std::ostringstream msg;
+    msg << "HPSGD: " << counts_.consecutive_bad_rounds
+        << " consecutive rounds were not merged (max_bad_rounds=" << max_bad_rounds_
+        << "); in the last one (round " << round << ") " << cause.str() << ". On rank " << rank_
+        << ": " << (ranks.empty() ? "nothing was merged since" : kAdvice);
+    throw NonFiniteRounds(msg.str());
+  }
+  warnings_.push_back("HPSGD: round " + std::to_string(round) + " was not merged: " + cause.str() +
+                      "; every replica restarts from the global model");
+}
+
+}  // namespace hpsgd::engine

@@ -1,0 +1,76 @@
+// The non-finite rule: docs/round-protocol.md, "Non-finite rounds". The device
+// decides (the verdict tensor round_step consumes); the host learns it later
+// without waiting (VerdictPolicy) and then warns, counts and raises.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace hpsgd::engine {
+
+// Raised (as Python's FloatingPointError) after max_bad_rounds consecutive
+// rounds were not merged.
+struct NonFiniteRounds : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Zeroes the flag slots of `flat` (after its `numel` segment elements) and sets
+// this rank's own one when its change is not finite. Device ops only.
+void own_flag(const at::Tensor& flat, int64_t numel, int rank, int world, bool check);
+
+// The round's verdict, float32 [1 + world] on the buffers' device: [0] is 1
+// when every reduced element is finite; [1 + j] is 1 when rank j flagged its
+// own change. Device ops only.
+at::Tensor reduced_verdict(const std::vector<at::Tensor>& flats, const std::vector<int64_t>& numels,
+                           int world);
+
+struct VerdictCounts {
+  int64_t skipped_rounds = 0;
+  int64_t consecutive_bad_rounds = 0;
+  bool last_round_discarded = false;
+};
+
+// Reads verdicts in round order without blocking, and applies the policy.
+// Warnings are queued for the caller (Python turns them into RuntimeWarning).
+class VerdictPolicy {
+ public:
+  VerdictPolicy(int rank, int world, int64_t max_bad_rounds, std::string comm_dtype_name);
+
+  // Queues `info` (reduced_verdict's) of round `round`. CUDA: a copy into
+  // pinned memory ordered by an event; CPU: the tensor itself.
+  void push(int64_t round, const at::Tensor& info);
+  // Applies every verdict whose value reached the host; with `block`, all of
+  // them (waiting for the device). Throws NonFiniteRounds.
+  void drain(bool block);
+  size_t pending() const { return queue_.size(); }
+
+  // The next round carries real changes again (after synchronize()).
+  void forget_discard() { counts_.last_round_discarded = false; }
+  const VerdictCounts& counts() const { return counts_; }
+  void load(const VerdictCounts& c);
+
+  std::vector<std::string> take_warnings();
+
+ private:
+  struct Pending {
+    int64_t round;
+    at::Tensor host;                  // readable once ready(false) is true
+    std::function<bool(bool)> ready;  // ready(block): may wait when block
+  };
+  void apply(int64_t round, const at::Tensor& info);
+
+  int rank_, world_;
+  int64_t max_bad_rounds_;
+  std::string comm_dtype_name_;
+  std::deque<Pending> queue_;
+  VerdictCounts counts_;
+  std::vector<std::string> warnings_;
+};
+
+}  // namespace hpsgd::engine

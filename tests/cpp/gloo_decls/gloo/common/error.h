@@ -1,0 +1,1 @@
+#pragma once  // see tests/cpp/gloo_decls/README.md: declarations only
