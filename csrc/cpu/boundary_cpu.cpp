@@ -1,14 +1,17 @@
 // CPU runner for every hpsgd op: at::parallel_for over chunks of all tensors;
 // each chunk runs one typed loop (per dtype of params, anchors and flat
 // buffers, per kernel variant: see [kernel variants] in boundary_ops.h) that
-// converts eight elements of each stream to float32 in registers, applies the
-// shared rule (the compiler vectorises the eight lanes) and converts back.
-// One pass over memory, no scratch buffers.
+// reads each stream in its own type, applies the shared rule in float32 and
+// stores in the stream's type: the compiler vectorises the loop, float32 and
+// bfloat16 conversions included. One pass over memory; float16 streams only
+// go through an L1 scratch block.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #ifdef __F16C__
 #include <immintrin.h>
@@ -80,27 +83,36 @@ void store_from_float<c10::Half>(const float* src, char* dst, int64_t n) {
   for (; i < n; ++i) d[i] = static_cast<c10::Half>(src[i]);
 }
 
-// Eight elements of a stream at a time, as float32 in registers: the typed
-// loop below converts on load and store, so a 16-bit stream costs no extra
-// pass through a scratch buffer (the all-16-bit path was bound by those).
+// In the typed loop a float32 or bfloat16 stream is read and written where it
+// lives, converting per element with operations the compiler vectorises; a
+// float16 stream (whose F16C conversions it does not vectorise inside a loop)
+// goes through a float32 scratch block in L1, converted 8 at a time.
 template <typename T>
-inline void load8(const T* src, float* dst) {
-  load_as_float<T>(reinterpret_cast<const char*>(src), dst, 8);
+using LoopT = std::conditional_t<std::is_same_v<T, c10::Half>, float, T>;
+
+inline float to_f(float x) { return x; }
+inline float to_f(c10::BFloat16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
 }
-template <typename T>
-inline void store8(const float* src, T* dst) {
-  store_from_float<T>(src, reinterpret_cast<char*>(dst), 8);
+inline void from_f(float v, float& dst) { dst = v; }
+inline void from_f(float v, c10::BFloat16& dst) {  // as store_from_float<BFloat16>
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  dst.x = static_cast<uint16_t>(nan ? 0x7fc0u : rounded);
 }
-template <typename T>
-inline float load1(const T* src) {
-  float v;
-  load_as_float<T>(reinterpret_cast<const char*>(src), &v, 1);
-  return v;
-}
-template <typename T>
-inline void store1(float v, T* dst) {
-  store_from_float<T>(&v, reinterpret_cast<char*>(dst), 1);
-}
+
+// The momentum mode fixed at compile time too (the loop stays branch-free).
+template <class C, bool Nesterov>
+struct FixedMomentum : C {
+  static constexpr int momentum_mode() {
+    return !C::has_momentum() ? kNoMomentum : (Nesterov ? kNesterov : kMomentum);
+  }
+};
 
 // One tensor's elements [lo, hi) through the rule, with every stream typed
 // (P params, A anchors and momenta, F flat) and present only if Cfg says so
@@ -108,43 +120,66 @@ inline void store1(float v, T* dst) {
 // `reduced` nor the momenta and stores neither anchors nor momenta.
 template <class Cfg, typename P, typename A, typename F>
 struct TypedRule {
-  Cfg cfg;
   float lr, mu, D;
+  static constexpr int64_t kBlock = 512;  // elements per scratch block (float16 streams)
 
-  template <int N>
-  inline void group(P* p, A* a, A* m, const F* r, F* s, F* o) const {
-    float vp[N], va[N], vm[N], vr[N], vs[N], vo[N];
-    auto ld = [](const auto* src, float* dst) {
-      if constexpr (N == 8) load8(src, dst); else dst[0] = load1(src);
-    };
-    auto st = [](const float* src, auto* dst) {
-      if constexpr (N == 8) store8(src, dst); else store1(src[0], dst);
-    };
-    ld(p, vp);
-    if constexpr (Cfg::has_anchor()) ld(a, va);
-    if constexpr (Cfg::has_momentum()) ld(m, vm);
-    if constexpr (Cfg::has_reduced() && !Cfg::discard()) ld(r, vr);
-    if constexpr (Cfg::has_sent()) ld(s, vs);
-    for (int j = 0; j < N; ++j) {
-      if constexpr (!Cfg::has_anchor()) va[j] = 0.f;
-      if constexpr (!Cfg::has_momentum()) vm[j] = 0.f;
-      if constexpr (!Cfg::has_reduced() || Cfg::discard()) vr[j] = 0.f;
-      if constexpr (!Cfg::has_sent()) vs[j] = 0.f;
-      apply_rule(cfg, lr, mu, D, vp[j], va[j], vm[j], vr[j], vs[j], vo[j]);
+  template <typename LP, typename LA, typename LF>
+  void loop(LP* p, LA* a, LA* m, const LF* r, LF* s, LF* o, int64_t n) const {
+    constexpr Cfg cfg{};
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) {
+      float vp = to_f(p[i]);
+      float va = Cfg::has_anchor() ? to_f(a[i]) : 0.f;
+      float vm = Cfg::has_momentum() ? to_f(m[i]) : 0.f;
+      const float vr = Cfg::has_reduced() && !Cfg::discard() ? to_f(r[i]) : 0.f;
+      float vs = Cfg::has_sent() ? to_f(s[i]) : 0.f;
+      float vo;
+      apply_rule(cfg, lr, mu, D, vp, va, vm, vr, vs, vo);
+      if constexpr (Cfg::has_out()) from_f(vo, o[i]);
+      if constexpr (Cfg::has_sent()) from_f(vs, s[i]);
+      if constexpr (Cfg::write_anchors()) from_f(va, a[i]);
+      if constexpr (Cfg::write_anchors() && Cfg::has_momentum()) from_f(vm, m[i]);
+      if constexpr (Cfg::write_params()) from_f(vp, p[i]);
     }
-    if constexpr (Cfg::has_out()) st(vo, o);
-    if constexpr (Cfg::has_sent()) st(vs, s);
-    if constexpr (Cfg::write_anchors()) st(va, a);
-    if constexpr (Cfg::has_momentum() && Cfg::write_anchors()) st(vm, m);
-    if constexpr (Cfg::write_params()) st(vp, p);
+  }
+
+  // A stream as the loop sees it: itself, or (float16) its scratch block.
+  template <typename T>
+  static LoopT<T>* view(T* mem, float* scratch, int64_t n, bool read) {
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      if (mem && read) load_as_float<c10::Half>(reinterpret_cast<const char*>(mem), scratch, n);
+      return mem ? scratch : nullptr;
+    } else {
+      return mem;
+    }
+  }
+  template <typename T>
+  static void finish(T* mem, const float* scratch, int64_t n, bool written) {
+    if constexpr (std::is_same_v<T, c10::Half>)
+      if (mem && written) store_from_float<c10::Half>(scratch, reinterpret_cast<char*>(mem), n);
   }
 
   void run(P* p, A* a, A* m, const F* r, F* s, F* o, int64_t len) const {
-    int64_t i = 0;
-    for (; i + 8 <= len; i += 8)
-      group<8>(p + i, a ? a + i : a, m ? m + i : m, r ? r + i : r, s ? s + i : s, o ? o + i : o);
-    for (; i < len; ++i)
-      group<1>(p + i, a ? a + i : a, m ? m + i : m, r ? r + i : r, s ? s + i : s, o ? o + i : o);
+    constexpr bool any_half = std::is_same_v<P, c10::Half> || std::is_same_v<A, c10::Half> ||
+                              std::is_same_v<F, c10::Half>;
+    if constexpr (!any_half) {
+      loop(p, a, m, r, s, o, len);
+    } else {
+      alignas(64) float sp[kBlock], sa[kBlock], sm[kBlock], sr[kBlock], ss[kBlock], so[kBlock];
+      constexpr bool wa = Cfg::write_anchors();
+      for (int64_t b = 0; b < len; b += kBlock) {
+        const int64_t n = std::min(kBlock, len - b);
+        auto at = [b](auto* x) { return x ? x + b : x; };
+        loop(view(p + b, sp, n, true), view(at(a), sa, n, true), view(at(m), sm, n, true),
+             static_cast<const LoopT<F>*>(view(const_cast<F*>(at(r)), sr, n, true)),
+             view(at(s), ss, n, true), view(at(o), so, n, false), n);
+        finish(at(o), so, n, true);
+        finish(at(s), ss, n, true);
+        finish(at(a), sa, n, wa);
+        finish(at(m), sm, n, wa);
+        finish(p + b, sp, n, Cfg::write_params());
+      }
+    }
   }
 };
 
@@ -154,11 +189,11 @@ T* at_or_null(void* base, int64_t i) {
 }
 
 template <class Cfg, typename P, typename A, typename F>
-void run_typed(const Plan& pl, const Cfg& cfg, const CallScalars& sc,
+void run_typed(const Plan& pl, const CallScalars& sc,
                const std::vector<int64_t>& first) {
-  const TypedRule<Cfg, P, A, F> rule{cfg, sc.lr, sc.mu, sc.divisor};
+  const TypedRule<Cfg, P, A, F> rule{sc.lr, sc.mu, sc.divisor};
   const int64_t n = pl.size();
-  at::parallel_for(0, first.back(), 1, [&](int64_t begin, int64_t end) {
+  auto body = [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t t = owner_of_chunk(c, n, [&](int64_t i) { return first[i]; });
       const int64_t lo = (c - first[t]) * kChunk;
@@ -167,11 +202,15 @@ void run_typed(const Plan& pl, const Cfg& cfg, const CallScalars& sc,
       rule.run(static_cast<P*>(pl.params[t]) + lo,
                Cfg::has_anchor() ? static_cast<A*>(pl.anchors[t]) + lo : nullptr,
                Cfg::has_momentum() ? static_cast<A*>(pl.momenta[t]) + lo : nullptr,
-               Cfg::has_reduced() ? at_or_null<const F>(pl.reduced, f) : nullptr,
+               Cfg::has_reduced() && !Cfg::discard() ? at_or_null<const F>(pl.reduced, f) : nullptr,
                Cfg::has_sent() ? at_or_null<F>(pl.sent, f) : nullptr,
                Cfg::has_out() ? at_or_null<F>(pl.out, f) : nullptr, len);
     }
-  });
+  };
+  // A call smaller than one chunk runs on the calling thread: waking the pool
+  // would cost more than the work (and is the host cost of a tiny call).
+  if (pl.total <= kChunk) body(0, first.back());
+  else at::parallel_for(0, first.back(), 1, body);
 }
 
 // Once per cached Plan: the chunk prefix (see chunking.h).
@@ -198,10 +237,13 @@ void run_cpu(const Plan& pl, const CallScalars& sc) {
       using F = std::decay_t<decltype(f)>;
       if constexpr (Cfg::has_anchor() || std::is_same_v<A, P>) {
         if constexpr (Cfg::has_reduced()) {
-          if (discard) return run_typed<typename Cfg::Discarding, P, A, F>(
-              pl, typename Cfg::Discarding{}, sc, first);
+          if (discard)
+            return run_typed<FixedMomentum<typename Cfg::Discarding, false>, P, A, F>(pl, sc, first);
         }
-        run_typed<Cfg, P, A, F>(pl, cfg, sc, first);
+        if constexpr (Cfg::has_momentum()) {
+          if (sc.nesterov) return run_typed<FixedMomentum<Cfg, true>, P, A, F>(pl, sc, first);
+        }
+        run_typed<FixedMomentum<Cfg, false>, P, A, F>(pl, sc, first);
       }
     });
   });

@@ -215,6 +215,9 @@ struct BoundaryOp {
                                           int64_t groups) const {
     constexpr int U = kUnroll;
     constexpr int kStride = kThreads * kVec;  // elements between a thread's groups
+    // Not unrolled further: the compiler's own unrolling of this loop only
+    // costs registers (the loads of a tile are already independent).
+#pragma unroll 1
     for (int64_t g0 = threadIdx.x; g0 < groups; g0 += int64_t{kThreads} * U) {
       const Ptrs<P, A, F> t = at<C>(q, vs + g0 * kVec);
       const int64_t left = groups - g0;  // >= 1: groups u with u * kThreads < left exist
@@ -248,6 +251,7 @@ struct BoundaryOp {
   __device__ __forceinline__ void misaligned(const C& cfg, const Ptrs<P, A, F>& q, int64_t x0,
                                              int64_t x1) const {
     constexpr int S = kScalar;
+#pragma unroll 1
     for (int64_t b = x0 + threadIdx.x; b < x1; b += int64_t{kThreads} * S) {
       const Ptrs<P, A, F> t = at<C>(q, b);
       const int64_t left = x1 - b;  // >= 1

@@ -47,6 +47,14 @@ namespace cuda {
 constexpr int kMaxLists = 3;
 constexpr int kVec = 8;  // elements per vector group: 16 bytes of a 16-bit type
 constexpr int kThreads = 256;
+// At least 2 resident blocks of 256 threads per SM: caps registers at 128 per
+// thread. With one group of every stream in flight per thread (4 to 10 16-byte
+// loads), 512 threads keep 32-80 KB of loads in flight per SM, above what HBM
+// needs (about 22 KB per SM at 4.8 TB/s and 600 ns); the lighter variants get
+// more blocks (the grid comes from the occupancy API). A cap of 80 (3 blocks)
+// made 48 of the 138 kernels spill (nvcc 13.0). tests/test_kernel_resources.py
+// checks that none spills under this cap.
+constexpr int kMinBlocks = 2;
 
 struct TensorMeta {
   void* list[kMaxLists];  // this tensor in each list stream (null when absent)
@@ -71,7 +79,7 @@ struct MultiTensorLayout {
 // Op::piece(meta, lo, hi) handles elements [lo, hi) of one tensor with the
 // whole block.
 template <class Op>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     multi_tensor_kernel(const TensorMeta* __restrict__ metas, int64_t n, int64_t total,
                         int64_t span, Op op) {
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * span;
@@ -79,10 +87,12 @@ __global__ void __launch_bounds__(kThreads)
   if (begin >= end) return;
   op.begin();
   int64_t lo_t = 0, hi_t = n;  // the last tensor whose offset <= begin
+#pragma unroll 1
   while (hi_t - lo_t > 1) {
     const int64_t mid = lo_t + (hi_t - lo_t) / 2;
     if (metas[mid].offset <= begin) lo_t = mid; else hi_t = mid;
   }
+#pragma unroll 1
   for (int64_t t = lo_t; t < n; ++t) {
     const TensorMeta m = metas[t];
     if (m.offset >= end) break;
