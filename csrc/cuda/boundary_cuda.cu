@@ -11,7 +11,7 @@
 //   16 bytes at a time (16-bit outputs packed two per convert);
 // - misaligned path (a stream shifted against the others, e.g. every segment
 //   after a 10-class head in the flat buffer): one element per access, lanes
-//   on consecutive elements (coalesced), 4-8 elements per thread loaded
+//   on consecutive elements (coalesced), 4 elements per thread loaded
 //   before the first use. The flat layout keeps no padding (DESIGN.md 4).
 // Loads and stores carry the streaming hint: every byte is touched once.
 #include <cuda_bf16.h>
@@ -138,9 +138,10 @@ struct BoundaryOp {
   // flight per thread, enough with 3+ resident blocks; two cost registers (and
   // occupancy) for no more bandwidth.
   static constexpr int kUnroll = 1;
-  // Elements per thread per tile on the misaligned path: 16-bit-only streams
-  // take twice as many (their accesses are half as wide).
-  static constexpr int kScalar = kLoadBytes <= 8 ? 8 : 4;
+  // Elements per thread per tile on the misaligned path. Eight for the
+  // 16-bit-only variants took them to 128 registers and spilled under the cap
+  // of 2 blocks per SM (nvcc 13.0), so four for all.
+  static constexpr int kScalar = 4;
 
   // Once per thread, before any element: the device reads its own verdict on
   // the reduced round (the host never does). A discarded round reads neither
