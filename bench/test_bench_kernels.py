@@ -1,5 +1,6 @@
-"""pytest-benchmark: fused round_step vs the eager composition, same inputs, same run.
-Small sizes so the suite is quick; `hpsgd-bench kernels` runs the 50M-parameter case."""
+"""pytest-benchmark: fused round_step vs the eager composition on the kernel
+benchmark's real layouts, same inputs, same run. A small scale so the suite is quick;
+`hpsgd-bench kernels` runs the full models (CUDA) or a tenth of them (CPU)."""
 
 import pytest
 import torch
@@ -8,21 +9,37 @@ from hpsgd_ext.bench import kernels
 
 from conftest import DEVICES
 
-NUMEL = 4_000_000
+SCALE = 0.02
+CASES = ["gpt2+odd f32, bf16 wire", "llama bf16/f32a, bf16 wire, mom", "llama bf16/bf16a, bf16 wire"]
+
+
+def _config(name):
+    return next(c for c in kernels.configs() if c.name == name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("flat_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("impl", ["fused", "eager"])
-def test_round_step(benchmark, device, flat_dtype, impl):
-    case = kernels.make_case(NUMEL, device, torch.float32, flat_dtype)
-    fn = kernels.fused(case) if impl == "fused" else kernels.eager(case)
+def test_round_step(benchmark, device, case, impl):
+    c = kernels.make_case(_config(case), device, scale=SCALE)
+    fn = kernels.fused(c) if impl == "fused" else kernels.eager(c)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run():
         fn()
         sync()
 
-    benchmark.group = f"round_step {device} flat={flat_dtype}"
-    benchmark.extra_info["min_bytes"] = kernels.min_bytes(case)
+    benchmark.group = f"round_step {device} {case}"
+    benchmark.extra_info["min_bytes"] = kernels.min_bytes(c)
     benchmark.pedantic(run, warmup_rounds=2, rounds=10)
+
+
+def test_kernels_run_reports_every_column():
+    """The `kernels` subcommand's run and table on CPU, one case, tiny scale."""
+    res = kernels.run("cpu", scale=0.01, calls=1, reps=1, names=["gpt2+odd f32, f32"])
+    (row,) = res["rows"]
+    assert row["eager_bytes"] > row["min_bytes"] > 0
+    assert row["fused_s"] > 0 and row["copy_s"] > 0
+    assert res["host"]["cached_us"] > 0 and res["host"]["uncached_us"] > 0
+    text = kernels.table(res["rows"], res["host"], res["resources"])
+    assert "gpt2+odd" in text and "plan cache" in text

@@ -2,7 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <string>
+#include <cstring>
+#include <ostream>
 
 #include "checks.h"
 
@@ -13,12 +14,21 @@ bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
 
-std::string item(const char* name, int64_t i) {
-  return std::string(name) + "[" + std::to_string(i) + "]";
+// An argument's name, "params[3]" or "out", formatted only when an error
+// message is built: a passing call builds no strings.
+struct Name {
+  const char* list;
+  int64_t index;  // -1: a flat argument
+};
+std::ostream& operator<<(std::ostream& os, const Name& n) {
+  os << n.list;
+  if (n.index >= 0) os << "[" << n.index << "]";
+  return os;
 }
+Name item(const char* name, int64_t i) { return {name, i}; }
 
 // One tensor's structural checks: dense, contiguous, float, on `device`.
-void check_tensor(const char* op, const at::Tensor& t, const std::string& name,
+void check_tensor(const char* op, const at::Tensor& t, const Name& name,
                   const at::Device& device) {
   HPSGD_CHECK_ARG(t.defined(), op, ": ", name, " is undefined; expected a tensor");
   HPSGD_CHECK_ARG(t.layout() == at::kStrided, op, ": ", name,
@@ -38,14 +48,14 @@ void check_tensor(const char* op, const at::Tensor& t, const std::string& name,
 struct Range {
   uintptr_t begin, end;
   bool written;
-  std::string name;
+  Name name;
 };
 
-void add_range(std::vector<Range>& ranges, const at::Tensor& t, int64_t numel,
-               bool written, std::string name) {
+void add_range(std::vector<Range>& ranges, const void* data, int64_t numel, int64_t elem,
+               bool written, Name name) {
   if (numel == 0) return;
-  auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  ranges.push_back({begin, begin + numel * t.element_size(), written, std::move(name)});
+  auto begin = reinterpret_cast<uintptr_t>(data);
+  ranges.push_back({begin, begin + numel * elem, written, name});
 }
 
 // Every byte a call writes must belong to exactly one argument: otherwise the
@@ -70,6 +80,19 @@ void check_no_overlap(const char* op, std::vector<Range>& ranges) {
 
 }  // namespace
 
+CallScalars check_scalars(const PlanRequest& q) {
+  const char* op = q.op;
+  HPSGD_CHECK_ARG(std::isfinite(q.lr), op, ": lr is ", q.lr, "; expected a finite number");
+  HPSGD_CHECK_ARG(std::isfinite(q.momentum) && q.momentum >= 0.0, op, ": momentum is ",
+                  q.momentum, "; expected a finite number >= 0");
+  HPSGD_CHECK_ARG(q.divisor >= 1, op, ": divisor is ", q.divisor,
+                  "; expected an integer >= 1 (the number of ranks the SUM all-reduce adds)");
+  HPSGD_CHECK_ARG(q.momenta.has_value() || (q.momentum == 0.0 && !q.nesterov), op,
+                  ": momentum=", q.momentum, ", nesterov=", q.nesterov,
+                  " needs momentum_buffers; expected momentum_buffers to be given");
+  return scalars_of(q);
+}
+
 Plan make_plan(const PlanRequest& q) {
   const char* op = q.op;
   Plan pl;
@@ -82,11 +105,7 @@ Plan make_plan(const PlanRequest& q) {
     if (!device && flat->has_value() && (*flat)->defined()) device = (*flat)->device();
   if (!device) return pl;  // nothing to read or write
 
-  HPSGD_CHECK_ARG(std::isfinite(q.lr), op, ": lr is ", q.lr, "; expected a finite number");
-  HPSGD_CHECK_ARG(std::isfinite(q.momentum) && q.momentum >= 0.0, op, ": momentum is ",
-                  q.momentum, "; expected a finite number >= 0");
-  HPSGD_CHECK_ARG(q.divisor >= 1, op, ": divisor is ", q.divisor,
-                  "; expected an integer >= 1 (the number of ranks the SUM all-reduce adds)");
+  check_scalars(q);
   const bool has_verdict = q.verdict.has_value() && q.verdict->defined();
   if (has_verdict) {
     const at::Tensor& v = *q.verdict;
@@ -113,9 +132,6 @@ Plan make_plan(const PlanRequest& q) {
   check_list_len(q.anchors, "anchors");
   check_list_len(q.momenta, "momentum_buffers");
   const bool has_momenta = q.momenta.has_value();
-  HPSGD_CHECK_ARG(has_momenta || (q.momentum == 0.0 && !q.nesterov), op,
-                  ": momentum=", q.momentum, ", nesterov=", q.nesterov,
-                  " needs momentum_buffers; expected momentum_buffers to be given");
   HPSGD_CHECK_ARG(!has_momenta || q.anchors.has_value(), op,
                   ": momentum_buffers given without anchors");
 
@@ -160,9 +176,9 @@ Plan make_plan(const PlanRequest& q) {
   if (!q.anchors) pl.anchor_dtype = pl.param_dtype;
 
   std::optional<at::ScalarType> flat_dtype;
-  auto take_flat = [&](const std::optional<at::Tensor>& f, const char* name) -> at::Tensor {
-    if (!f.has_value() || !f->defined()) return {};
-    check_tensor(op, *f, name, *device);
+  auto take_flat = [&](const std::optional<at::Tensor>& f, const char* name) -> void* {
+    if (!f.has_value() || !f->defined()) return nullptr;
+    check_tensor(op, *f, Name{name, -1}, *device);
     HPSGD_CHECK_ARG(f->numel() >= total, op, ": ", name, " has ", f->numel(),
                     " elements; expected at least ", total, " (the total of ",
                     q.params_name, ")");
@@ -170,46 +186,188 @@ Plan make_plan(const PlanRequest& q) {
     HPSGD_CHECK_TYPE(f->scalar_type() == *flat_dtype, op, ": ", name, " has dtype ",
                      f->scalar_type(), " but another flat buffer of this call has ",
                      *flat_dtype, "; expected out, reduced and sent to share one dtype");
-    return *f;
+    return f->data_ptr();
   };
   pl.out = take_flat(q.out, "out");
   pl.reduced = take_flat(q.reduced, q.reduced_name);
   pl.sent = take_flat(q.sent, "sent");
   pl.flat_dtype = flat_dtype.value_or(at::kFloat);
   pl.write_params = q.write_params;
+  pl.has_momenta = has_momenta;
+  pl.device = *device;
+  pl.n = n;
 
-  pl.params.assign(q.params.begin(), q.params.end());
-  if (q.anchors) pl.anchors.assign(q.anchors->begin(), q.anchors->end());
-  if (has_momenta) pl.momenta.assign(q.momenta->begin(), q.momenta->end());
+  pl.numels.resize(n);
+  pl.params.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    pl.numels[i] = q.params[i].numel();
+    pl.params[i] = q.params[i].data_ptr();
+  }
+  if (q.anchors) {
+    pl.anchors.resize(n);
+    for (int64_t i = 0; i < n; ++i) pl.anchors[i] = (*q.anchors)[i].data_ptr();
+  }
+  if (has_momenta) {
+    pl.momenta.resize(n);
+    for (int64_t i = 0; i < n; ++i) pl.momenta[i] = (*q.momenta)[i].data_ptr();
+  }
 
   pl.cfg.anchor = !pl.anchors.empty();
-  pl.cfg.reduced = pl.reduced.defined();
-  pl.cfg.sent = pl.sent.defined();
-  pl.cfg.momentum = !has_momenta ? kNoMomentum : (q.nesterov ? kNesterov : kMomentum);
-  pl.lr = static_cast<float>(q.lr);
-  pl.mu = static_cast<float>(q.momentum);
-  pl.divisor = static_cast<float>(q.divisor);
-  if (has_verdict) pl.verdict = *q.verdict;
+  pl.cfg.reduced = pl.reduced != nullptr;
+  pl.cfg.sent = pl.sent != nullptr;
+  pl.cfg.momentum = has_momenta ? kMomentum : kNoMomentum;  // nesterov: per call
+  if (has_verdict) pl.verdict = q.verdict->data_ptr<float>();
 
+  const int64_t pe = c10::elementSize(pl.param_dtype), ae = c10::elementSize(pl.anchor_dtype),
+                fe = c10::elementSize(pl.flat_dtype);
   std::vector<Range> ranges;
   ranges.reserve(3 * n + 4);
   for (int64_t i = 0; i < n; ++i) {
-    add_range(ranges, pl.params[i], pl.params[i].numel(), pl.write_params,
-              item(q.params_name, i));
+    add_range(ranges, pl.params[i], pl.numels[i], pe, pl.write_params, item(q.params_name, i));
     if (pl.cfg.anchor)
-      add_range(ranges, pl.anchors[i], pl.anchors[i].numel(), pl.write_anchors(),
-                item("anchors", i));
+      add_range(ranges, pl.anchors[i], pl.numels[i], ae, pl.write_anchors(), item("anchors", i));
     if (has_momenta)
-      add_range(ranges, pl.momenta[i], pl.momenta[i].numel(), pl.write_anchors(),
+      add_range(ranges, pl.momenta[i], pl.numels[i], ae, pl.write_anchors(),
                 item("momentum_buffers", i));
   }
-  if (pl.out.defined()) add_range(ranges, pl.out, total, true, "out");
-  if (pl.reduced.defined()) add_range(ranges, pl.reduced, total, false, q.reduced_name);
-  if (pl.sent.defined()) add_range(ranges, pl.sent, total, true, "sent");
+  if (pl.out) add_range(ranges, pl.out, total, fe, true, Name{"out", -1});
+  if (pl.reduced) add_range(ranges, pl.reduced, total, fe, false, Name{q.reduced_name, -1});
+  if (pl.sent) add_range(ranges, pl.sent, total, fe, true, Name{"sent", -1});
   // Read by every thread while the others write: it must not alias an output.
-  if (pl.verdict.defined()) add_range(ranges, pl.verdict, 1, false, "verdict");
+  if (pl.verdict) add_range(ranges, pl.verdict, 1, 4, false, Name{"verdict", -1});
   check_no_overlap(op, ranges);
   return pl;
+}
+
+// ---------------------------------------------------------------------------
+// The plan cache (see [plan cache] in plan.h).
+namespace {
+
+// Everything a Plan depends on, as words. Flat buffers first: the hook's
+// double-buffered calls differ there, so a mismatch is found early. Returns
+// false for a call it cannot describe (an undefined, non-strided or
+// storage-less tensor): that call is never cached and make_plan reports it.
+bool push_tensor(std::vector<int64_t>& s, const at::Tensor& t) {
+  if (!t.defined() || t.layout() != at::kStrided) return false;
+  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  if (!impl->has_storage() || impl->has_symbolic_sizes_strides()) return false;
+  const at::Device d = impl->device();
+  s.push_back(reinterpret_cast<intptr_t>(impl->data()));
+  s.push_back((static_cast<int64_t>(impl->dtype().toScalarType()) << 32) |
+              (static_cast<int64_t>(d.type()) << 16) | static_cast<uint16_t>(d.index()));
+  const auto sizes = impl->sizes();
+  const auto strides = impl->strides();
+  s.push_back(static_cast<int64_t>(sizes.size()));
+  s.insert(s.end(), sizes.begin(), sizes.end());
+  s.insert(s.end(), strides.begin(), strides.end());
+  return true;
+}
+
+bool push_optional(std::vector<int64_t>& s, const std::optional<at::Tensor>& t) {
+  const bool present = t.has_value() && t->defined();
+  s.push_back(present);
+  return !present || push_tensor(s, *t);
+}
+
+bool signature(const PlanRequest& q, std::vector<int64_t>& s) {
+  s.clear();
+  s.push_back(reinterpret_cast<intptr_t>(q.op));
+  s.push_back(reinterpret_cast<intptr_t>(q.params_name));
+  s.push_back(reinterpret_cast<intptr_t>(q.reduced_name));
+  s.push_back((q.write_params ? 1 : 0) | (q.anchors ? 2 : 0) | (q.momenta ? 4 : 0));
+  if (!push_optional(s, q.out) || !push_optional(s, q.reduced) || !push_optional(s, q.sent) ||
+      !push_optional(s, q.verdict))
+    return false;
+  const int64_t n = static_cast<int64_t>(q.params.size());
+  s.push_back(n);
+  s.push_back(q.anchors ? static_cast<int64_t>(q.anchors->size()) : -1);
+  s.push_back(q.momenta ? static_cast<int64_t>(q.momenta->size()) : -1);
+  if (n == 0) return false;  // nothing to cache: make_plan is cheap
+  for (const at::Tensor& t : q.params)
+    if (!push_tensor(s, t)) return false;
+  if (q.anchors)
+    for (const at::Tensor& t : *q.anchors)
+      if (!push_tensor(s, t)) return false;
+  if (q.momenta)
+    for (const at::Tensor& t : *q.momenta)
+      if (!push_tensor(s, t)) return false;
+  return true;
+}
+
+struct Entry {
+  std::vector<int64_t> sig;
+  std::shared_ptr<const Plan> plan;
+};
+
+// Most recent first. Small: the hook alternates between a few buffer sets.
+constexpr size_t kCacheEntries = 16;
+
+struct Cache {
+  std::mutex mu;
+  std::vector<Entry> entries;
+  bool enabled = true;
+};
+
+Cache& cache() {
+  static Cache* c = new Cache();  // never destroyed: no teardown-order hazards
+  return *c;
+}
+
+}  // namespace
+
+std::shared_ptr<const Plan> cached_plan(const PlanRequest& q, Prepare prepare) {
+  thread_local std::vector<int64_t> sig;
+  Cache& c = cache();
+  bool cacheable;
+  {
+    cacheable = signature(q, sig);
+    std::lock_guard<std::mutex> lock(c.mu);
+    cacheable = cacheable && c.enabled;
+    if (cacheable) {
+      for (size_t i = 0; i < c.entries.size(); ++i) {
+        Entry& e = c.entries[i];
+        if (e.sig.size() != sig.size() ||
+            std::memcmp(e.sig.data(), sig.data(), sig.size() * sizeof(int64_t)) != 0)
+          continue;
+        if (i != 0) std::rotate(c.entries.begin(), c.entries.begin() + i, c.entries.begin() + i + 1);
+        std::shared_ptr<const Plan> hit = c.entries.front().plan;
+        // Same signature, same tensor checks passed: only the scalars are new.
+        check_scalars(q);
+        return hit;
+      }
+    }
+  }
+  auto pl = std::make_shared<Plan>(make_plan(q));  // throws on bad input: nothing cached
+  if (!pl->empty() && prepare) prepare(*pl);
+  if (cacheable && !pl->empty()) {
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (c.entries.size() >= kCacheEntries) {
+      // Evict the least recent Plan no captured CUDA graph refers to.
+      for (size_t i = c.entries.size(); i-- > 0;)
+        if (!c.entries[i].plan->permanent) {
+          c.entries.erase(c.entries.begin() + i);
+          break;
+        }
+    }
+    c.entries.insert(c.entries.begin(), Entry{sig, pl});
+  }
+  return pl;
+}
+
+bool set_plan_cache_enabled(bool enabled) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  const bool old = c.enabled;
+  c.enabled = enabled;
+  return old;
+}
+
+void clear_plan_cache() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.entries.erase(std::remove_if(c.entries.begin(), c.entries.end(),
+                                 [](const Entry& e) { return !e.plan->permanent; }),
+                  c.entries.end());
 }
 
 }  // namespace hpsgd

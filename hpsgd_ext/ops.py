@@ -19,7 +19,8 @@ import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.hpsgd)
 
-__all__ = ["flatten", "unflatten", "delta_flatten", "merge", "round_step", "flat_numel"]
+__all__ = ["flatten", "unflatten", "delta_flatten", "merge", "round_step", "flat_numel",
+           "preload_kernels"]
 
 
 def flat_numel(tensors: Sequence[torch.Tensor]) -> int:
@@ -86,6 +87,18 @@ def round_step(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
         None if momentum_buffers is None else list(momentum_buffers),
         float(momentum), bool(nesterov), sent, int(divisor), verdict)
     return out
+
+
+def preload_kernels() -> list[dict]:
+    """Load every CUDA kernel of the extension now, on the current device.
+
+    Under CUDA lazy loading a kernel's module loads at its first launch, and that load
+    can wait behind kernels already running, such as a long collective; HPSGD calls
+    this once when built on CUDA so no boundary pays it. Returns one dict per kernel
+    (``name``, ``registers``, ``local_bytes`` (spills: 0 expected), ``max_threads``,
+    ``blocks_per_sm``); ``[]`` without CUDA (not built, or no device).
+    """
+    return list(_C.preload_kernels())
 
 
 # Fake (meta) kernels: the ops return nothing and write only annotated arguments,

@@ -1,12 +1,17 @@
 // CPU runner for every hpsgd op: at::parallel_for over chunks of all tensors;
-// each chunk is processed in L1-sized blocks through the shared rule with a
-// compile-time configuration (a branch-free loop the compiler vectorises).
-// One pass over memory.
+// each chunk runs one typed loop (per dtype of params, anchors and flat
+// buffers, per kernel variant: see [kernel variants] in boundary_ops.h) that
+// reads each stream in its own type, applies the shared rule in float32 and
+// stores in the stream's type: the compiler vectorises the loop, float32 and
+// bfloat16 conversions included. One pass over memory; float16 streams only
+// go through an L1 scratch block.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #ifdef __F16C__
 #include <immintrin.h>
@@ -20,10 +25,6 @@ namespace hpsgd {
 namespace {
 
 constexpr int64_t kChunk = 1 << 16;  // elements per parallel work item
-constexpr int64_t kBlock = 1024;     // elements per float32 scratch block
-
-using LoadFn = void (*)(const char*, float*, int64_t);
-using StoreFn = void (*)(const float*, char*, int64_t);
 
 template <typename T>
 void load_as_float(const char* src, float* dst, int64_t n);
@@ -82,181 +83,174 @@ void store_from_float<c10::Half>(const float* src, char* dst, int64_t n) {
   for (; i < n; ++i) d[i] = static_cast<c10::Half>(src[i]);
 }
 
-LoadFn loader(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return &load_as_float<float>;
-    case at::kBFloat16: return &load_as_float<c10::BFloat16>;
-    case at::kHalf: return &load_as_float<c10::Half>;
-    default: HPSGD_CHECK(false, "hpsgd: no CPU loader for ", t);
-  }
+// In the typed loop a float32 or bfloat16 stream is read and written where it
+// lives, converting per element with operations the compiler vectorises; a
+// float16 stream (whose F16C conversions it does not vectorise inside a loop)
+// goes through a float32 scratch block in L1, converted 8 at a time.
+template <typename T>
+using LoopT = std::conditional_t<std::is_same_v<T, c10::Half>, float, T>;
+
+inline float to_f(float x) { return x; }
+inline float to_f(c10::BFloat16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
 }
-StoreFn storer(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return &store_from_float<float>;
-    case at::kBFloat16: return &store_from_float<c10::BFloat16>;
-    case at::kHalf: return &store_from_float<c10::Half>;
-    default: HPSGD_CHECK(false, "hpsgd: no CPU storer for ", t);
-  }
+inline void from_f(float v, float& dst) { dst = v; }
+inline void from_f(float v, c10::BFloat16& dst) {  // as store_from_float<BFloat16>
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  dst.x = static_cast<uint16_t>(nan ? 0x7fc0u : rounded);
 }
 
-// Sources and destinations are separate pointers: a float32 stream is read and
-// written in place in memory, a 16-bit stream through a float32 scratch block,
-// and a stream this call does not write has a scratch destination (discarded).
-// A source may equal its destination (same index read, then written), which
-// `ivdep` tells the vectoriser is safe.
-struct BlockIo {
-  const float *p, *a, *m, *r, *s;
-  float *p_out, *a_out, *m_out, *s_out, *o_out;
+// The momentum mode fixed at compile time too (the loop stays branch-free).
+template <class C, bool Nesterov>
+struct FixedMomentum : C {
+  static constexpr int momentum_mode() {
+    return !C::has_momentum() ? kNoMomentum : (Nesterov ? kNesterov : kMomentum);
+  }
 };
-using RuleFn = void (*)(float, float, float, const BlockIo&, int64_t);
 
-template <class Cfg>
-void rule_block(float lr, float mu, float D, const BlockIo& io, int64_t n) {
-  constexpr Cfg cfg{};
-  const float *p_in = io.p, *a_in = io.a, *m_in = io.m, *r_in = io.r, *s_in = io.s;
-  float *p_out = io.p_out, *a_out = io.a_out, *m_out = io.m_out, *s_out = io.s_out,
-        *o_out = io.o_out;
+// One tensor's elements [lo, hi) through the rule, with every stream typed
+// (P params, A anchors and momenta, F flat) and present only if Cfg says so
+// (see [kernel variants] in boundary_ops.h). A discarded round reads neither
+// `reduced` nor the momenta and stores neither anchors nor momenta.
+template <class Cfg, typename P, typename A, typename F>
+struct TypedRule {
+  float lr, mu, D;
+  static constexpr int64_t kBlock = 512;  // elements per scratch block (float16 streams)
+
+  template <typename LP, typename LA, typename LF>
+  void loop(LP* p, LA* a, LA* m, const LF* r, LF* s, LF* o, int64_t n) const {
+    constexpr Cfg cfg{};
 #pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i) {
-    float p = p_in[i];
-    float a = cfg.has_anchor() ? a_in[i] : 0.f;
-    float m = cfg.momentum_mode() != kNoMomentum ? m_in[i] : 0.f;
-    const float r = cfg.has_reduced() && !cfg.discard() ? r_in[i] : 0.f;
-    float s = cfg.has_sent() ? s_in[i] : 0.f;
-    float o;
-    apply_rule(cfg, lr, mu, D, p, a, m, r, s, o);
-    p_out[i] = p;
-    a_out[i] = a;
-    if (cfg.momentum_mode() != kNoMomentum) m_out[i] = m;
-    if (cfg.has_sent()) s_out[i] = s;
-    o_out[i] = o;
+    for (int64_t i = 0; i < n; ++i) {
+      float vp = to_f(p[i]);
+      float va = Cfg::has_anchor() ? to_f(a[i]) : 0.f;
+      float vm = Cfg::has_momentum() ? to_f(m[i]) : 0.f;
+      const float vr = Cfg::has_reduced() && !Cfg::discard() ? to_f(r[i]) : 0.f;
+      float vs = Cfg::has_sent() ? to_f(s[i]) : 0.f;
+      float vo;
+      apply_rule(cfg, lr, mu, D, vp, va, vm, vr, vs, vo);
+      if constexpr (Cfg::has_out()) from_f(vo, o[i]);
+      if constexpr (Cfg::has_sent()) from_f(vs, s[i]);
+      if constexpr (Cfg::write_anchors()) from_f(va, a[i]);
+      if constexpr (Cfg::write_anchors() && Cfg::has_momentum()) from_f(vm, m[i]);
+      if constexpr (Cfg::write_params()) from_f(vp, p[i]);
+    }
   }
-}
 
-template <bool A, bool R, bool S>
-RuleFn pick_momentum(int mode) {
-  switch (mode) {
-    case kMomentum: return &rule_block<StaticCfg<A, R, S, kMomentum>>;
-    case kNesterov: return &rule_block<StaticCfg<A, R, S, kNesterov>>;
-    default: return &rule_block<StaticCfg<A, R, S, kNoMomentum>>;
+  // A stream as the loop sees it: itself, or (float16) its scratch block.
+  template <typename T>
+  static LoopT<T>* view(T* mem, float* scratch, int64_t n, bool read) {
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      if (mem && read) load_as_float<c10::Half>(reinterpret_cast<const char*>(mem), scratch, n);
+      return mem ? scratch : nullptr;
+    } else {
+      return mem;
+    }
   }
-}
-template <bool A, bool R>
-RuleFn pick_sent(const RuntimeCfg& c) {
-  return c.sent ? pick_momentum<A, R, true>(c.momentum) : pick_momentum<A, R, false>(c.momentum);
-}
-template <bool A>
-RuleFn pick_reduced(const RuntimeCfg& c) {
-  // Without a reduction there is no outer step: momentum cannot matter.
-  return c.reduced ? pick_sent<A, true>(c) : pick_sent<A, false>({c.anchor, false, c.sent, 0});
-}
-// A discarded round reads only p, a (and writes p, out, sent): one simple
-// configuration per anchor/sent, no momentum, nothing of `reduced`.
-template <bool A>
-RuleFn pick_discard(bool sent) {
-  return sent ? &rule_block<StaticCfg<A, true, true, kNoMomentum, true>>
-              : &rule_block<StaticCfg<A, true, false, kNoMomentum, true>>;
-}
-RuleFn pick_rule(const RuntimeCfg& c) {
-  if (c.discard()) return c.anchor ? pick_discard<true>(c.sent) : pick_discard<false>(c.sent);
-  return c.anchor ? pick_reduced<true>(c) : pick_reduced<false>(c);
-}
-
-// One stream of one call: where a block of it lives and how to move it.
-struct Stream {
-  at::ScalarType dtype = at::kFloat;
-  int64_t elem = 0;
-  bool present = false, written = false;
-  LoadFn load = nullptr;
-  StoreFn store = nullptr;
-
-  Stream() = default;
-  Stream(at::ScalarType t, bool present_, bool written_)
-      : dtype(t), elem(c10::elementSize(t)), present(present_), written(written_ && present_),
-        load(loader(t)), store(storer(t)) {}
-
-  bool direct() const { return dtype == at::kFloat; }
-  // The float32 source of a block at `mem` (null when absent).
-  const float* source(char* mem, float* scratch, int64_t len) const {
-    if (!present) return nullptr;
-    if (direct()) return reinterpret_cast<const float*>(mem);
-    load(mem, scratch, len);
-    return scratch;
+  template <typename T>
+  static void finish(T* mem, const float* scratch, int64_t n, bool written) {
+    if constexpr (std::is_same_v<T, c10::Half>)
+      if (mem && written) store_from_float<c10::Half>(scratch, reinterpret_cast<char*>(mem), n);
   }
-  float* destination(char* mem, float* scratch) const {
-    return written && direct() ? reinterpret_cast<float*>(mem) : scratch;
-  }
-  void finish(const float* scratch, char* mem, int64_t len) const {
-    if (written && !direct()) store(scratch, mem, len);
+
+  void run(P* p, A* a, A* m, const F* r, F* s, F* o, int64_t len) const {
+    constexpr bool any_half = std::is_same_v<P, c10::Half> || std::is_same_v<A, c10::Half> ||
+                              std::is_same_v<F, c10::Half>;
+    if constexpr (!any_half) {
+      loop(p, a, m, r, s, o, len);
+    } else {
+      alignas(64) float sp[kBlock], sa[kBlock], sm[kBlock], sr[kBlock], ss[kBlock], so[kBlock];
+      constexpr bool wa = Cfg::write_anchors();
+      for (int64_t b = 0; b < len; b += kBlock) {
+        const int64_t n = std::min(kBlock, len - b);
+        auto at = [b](auto* x) { return x ? x + b : x; };
+        loop(view(p + b, sp, n, true), view(at(a), sa, n, true), view(at(m), sm, n, true),
+             static_cast<const LoopT<F>*>(view(const_cast<F*>(at(r)), sr, n, true)),
+             view(at(s), ss, n, true), view(at(o), so, n, false), n);
+        finish(at(o), so, n, true);
+        finish(at(s), ss, n, true);
+        finish(at(a), sa, n, wa);
+        finish(at(m), sm, n, wa);
+        finish(p + b, sp, n, Cfg::write_params());
+      }
+    }
   }
 };
 
-char* data_or_null(const at::Tensor& t) {
-  return t.defined() ? static_cast<char*>(t.data_ptr()) : nullptr;
+template <typename T>
+T* at_or_null(void* base, int64_t i) {
+  return base ? static_cast<T*>(base) + i : nullptr;
 }
 
-void run_cpu(const Plan& pl) {
-  if (pl.empty()) return;
+template <class Cfg, typename P, typename A, typename F>
+void run_typed(const Plan& pl, const CallScalars& sc,
+               const std::vector<int64_t>& first) {
+  const TypedRule<Cfg, P, A, F> rule{sc.lr, sc.mu, sc.divisor};
   const int64_t n = pl.size();
-  std::vector<int64_t> numels(n);
-  for (int64_t i = 0; i < n; ++i) numels[i] = pl.params[i].numel();
-  const std::vector<int64_t> first = chunk_prefix(numels, kChunk);
-
-  // The verdict is read here, in the kernel, never by the caller: a discarded
-  // round leaves anchors and momenta bitwise untouched (not even stored back)
-  // and does not read `reduced` or the momenta at all.
-  RuntimeCfg cfg = pl.cfg;
-  if (pl.verdict.defined()) cfg.discard_ = !verdict_valid(*pl.verdict.data_ptr<float>());
-  const RuleFn rule = pick_rule(cfg);
-  const bool merge = !cfg.discard();
-  const bool has_a = !pl.anchors.empty(), has_m = !pl.momenta.empty() && merge;
-  const Stream sp(pl.param_dtype, true, pl.write_params);
-  const Stream sa(pl.anchor_dtype, has_a, pl.write_anchors() && merge);
-  const Stream sm(pl.anchor_dtype, has_m, pl.write_anchors());
-  const Stream sr(pl.flat_dtype, pl.reduced.defined() && merge, false);
-  const Stream ss(pl.flat_dtype, pl.sent.defined(), true);
-  const Stream so(pl.flat_dtype, pl.out.defined(), true);
-  char* const red = data_or_null(pl.reduced);
-  char* const sent = data_or_null(pl.sent);
-  char* const out = data_or_null(pl.out);
-  const float lr = pl.lr, mu = pl.mu, D = pl.divisor;
-
-  at::parallel_for(0, first.back(), 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float P[kBlock], A[kBlock], M[kBlock], R[kBlock], S[kBlock], O[kBlock];
+  auto body = [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t t = owner_of_chunk(c, n, [&](int64_t i) { return first[i]; });
       const int64_t lo = (c - first[t]) * kChunk;
-      const int64_t hi = std::min(numels[t], lo + kChunk);
-      char* p = static_cast<char*>(pl.params[t].data_ptr());
-      char* a = has_a ? static_cast<char*>(pl.anchors[t].data_ptr()) : nullptr;
-      char* m = has_m ? static_cast<char*>(pl.momenta[t].data_ptr()) : nullptr;
-      const int64_t off = pl.offsets[t];
-      for (int64_t b = lo; b < hi; b += kBlock) {
-        const int64_t len = std::min(kBlock, hi - b);
-        const int64_t f = off + b;  // flat index of this block
-        char* pb = p + b * sp.elem;
-        char* ab = has_a ? a + b * sa.elem : nullptr;
-        char* mb = has_m ? m + b * sm.elem : nullptr;
-        char* rb = red ? red + f * sr.elem : nullptr;
-        char* sb = sent ? sent + f * ss.elem : nullptr;
-        char* ob = out ? out + f * so.elem : nullptr;
-        const BlockIo io{sp.source(pb, P, len), sa.source(ab, A, len), sm.source(mb, M, len),
-                         sr.source(rb, R, len), ss.source(sb, S, len),
-                         sp.destination(pb, P), sa.destination(ab, A), sm.destination(mb, M),
-                         ss.destination(sb, S), so.destination(ob, O)};
-        rule(lr, mu, D, io, len);
-        so.finish(O, ob, len);
-        ss.finish(S, sb, len);
-        sa.finish(A, ab, len);
-        sm.finish(M, mb, len);
-        sp.finish(P, pb, len);
-      }
+      const int64_t len = std::min(pl.numels[t], lo + kChunk) - lo;
+      const int64_t f = pl.offsets[t] + lo;  // flat index of element lo
+      rule.run(static_cast<P*>(pl.params[t]) + lo,
+               Cfg::has_anchor() ? static_cast<A*>(pl.anchors[t]) + lo : nullptr,
+               Cfg::has_momentum() ? static_cast<A*>(pl.momenta[t]) + lo : nullptr,
+               Cfg::has_reduced() && !Cfg::discard() ? at_or_null<const F>(pl.reduced, f) : nullptr,
+               Cfg::has_sent() ? at_or_null<F>(pl.sent, f) : nullptr,
+               Cfg::has_out() ? at_or_null<F>(pl.out, f) : nullptr, len);
     }
+  };
+  // A call smaller than one chunk runs on the calling thread: waking the pool
+  // would cost more than the work (and is the host cost of a tiny call).
+  if (pl.total <= kChunk) body(0, first.back());
+  else at::parallel_for(0, first.back(), 1, body);
+}
+
+// Once per cached Plan: the chunk prefix (see chunking.h).
+void prepare_cpu(Plan& pl) {
+  pl.prepared = std::make_shared<const std::vector<int64_t>>(chunk_prefix(pl.numels, kChunk));
+}
+
+void run_cpu(const Plan& pl, const CallScalars& sc) {
+  if (pl.empty()) return;
+  std::shared_ptr<const void> prepared = pl.prepared;
+  if (!prepared) {  // an uncached call
+    prepared = std::make_shared<const std::vector<int64_t>>(chunk_prefix(pl.numels, kChunk));
+  }
+  const auto& first = *static_cast<const std::vector<int64_t>*>(prepared.get());
+  // The verdict is read here, in the kernel, never by the caller: a discarded
+  // round leaves anchors and momenta bitwise untouched (not even stored back)
+  // and does not read `reduced` or the momenta at all.
+  const bool discard = pl.verdict && !verdict_valid(*pl.verdict);
+  dispatch_variant(pl, sc.nesterov, [&](auto cfg) {
+    using Cfg = std::decay_t<decltype(cfg)>;
+    dispatch_dtypes(pl, [&](auto p, auto a, auto f) {
+      using P = std::decay_t<decltype(p)>;
+      using A = std::decay_t<decltype(a)>;
+      using F = std::decay_t<decltype(f)>;
+      if constexpr (Cfg::has_anchor() || std::is_same_v<A, P>) {
+        if constexpr (Cfg::has_reduced()) {
+          if (discard)
+            return run_typed<FixedMomentum<typename Cfg::Discarding, false>, P, A, F>(pl, sc, first);
+        }
+        if constexpr (Cfg::has_momentum()) {
+          if (sc.nesterov) return run_typed<FixedMomentum<Cfg, true>, P, A, F>(pl, sc, first);
+        }
+        run_typed<FixedMomentum<Cfg, false>, P, A, F>(pl, sc, first);
+      }
+    });
   });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hpsgd, CPU, m) { BoundaryOps<&run_cpu>::register_all(m); }
+TORCH_LIBRARY_IMPL(hpsgd, CPU, m) { BoundaryOps<&prepare_cpu, &run_cpu>::register_all(m); }
 
 }  // namespace hpsgd

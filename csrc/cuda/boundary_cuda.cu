@@ -1,157 +1,441 @@
-// CUDA runner for every hpsgd op: one multi-tensor launch applying the shared
-// rule (csrc/rule.h) with a runtime configuration, one kernel per dtype
-// combination (params, anchors, flat buffers).
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+// CUDA runner for every hpsgd op: one multi-tensor launch (see [block ranges]
+// in multi_tensor_apply.cuh) applying the shared rule (csrc/rule.h), one
+// kernel per variant and dtype combination (see [kernel variants] in
+// boundary_ops.h): a kernel holds no pointer, load or branch of a stream it
+// does not touch.
+//
+// Inside a tensor, elements go two ways:
+// - vector path (every stream 16-byte aligned at the same element): each
+//   thread loads a group of 8 elements of every stream (16-byte loads, two per
+//   float32 group) before the first use, applies the rule, and stores
+//   16 bytes at a time (16-bit outputs packed two per convert);
+// - misaligned path (a stream shifted against the others, e.g. every segment
+//   after a 10-class head in the flat buffer): one element per access, lanes
+//   on consecutive elements (coalesced), 4 elements per thread loaded
+//   before the first use. The flat layout keeps no padding (DESIGN.md 4).
+// Loads and stores carry the streaming hint: every byte is touched once.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <set>
+#include <string>
+#include <type_traits>
 
 #include "../boundary_ops.h"
+#include "kernels.h"
 #include "multi_tensor_apply.cuh"
 
 namespace hpsgd {
 namespace cuda {
 namespace {
 
+// Loads and stores of one element type, converting to and from float32.
 template <typename T>
-__device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
-  static_assert(sizeof(T) == 2, "16-bit types: one 16-byte load");
-  uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) v[j] = static_cast<float>(e[j]);
-}
+struct Io;
+
 template <>
-__device__ __forceinline__ void load8<float>(const float* p, float (&v)[kVec]) {
-  const float4 x = reinterpret_cast<const float4*>(p)[0];
-  const float4 y = reinterpret_cast<const float4*>(p)[1];
-  v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
-  v[4] = y.x; v[5] = y.y; v[6] = y.z; v[7] = y.w;
-}
+struct Io<float> {
+  static __device__ __forceinline__ void load8(const float* p, float (&v)[kVec]) {
+    const float4 x = __ldcs(reinterpret_cast<const float4*>(p));
+    const float4 y = __ldcs(reinterpret_cast<const float4*>(p) + 1);
+    v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+    v[4] = y.x; v[5] = y.y; v[6] = y.z; v[7] = y.w;
+  }
+  static __device__ __forceinline__ void store8(float* p, const float (&v)[kVec]) {
+    __stcs(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
+    __stcs(reinterpret_cast<float4*>(p) + 1, make_float4(v[4], v[5], v[6], v[7]));
+  }
+  static __device__ __forceinline__ float load1(const float* p) { return __ldcs(p); }
+  static __device__ __forceinline__ void store1(float* p, float v) { __stcs(p, v); }
+};
+
+// 16-bit types: 8 elements in one 16-byte access; a pair per 32-bit word,
+// the lower address in the low half.
 template <typename T>
-__device__ __forceinline__ void store8(T* p, const float (&v)[kVec]) {
-  static_assert(sizeof(T) == 2, "16-bit types: one 16-byte store");
-  uint4 raw;
-  T* e = reinterpret_cast<T*>(&raw);
+struct Io16 {
+  static constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
+  static __device__ __forceinline__ float2 unpack(uint32_t w) {
+    if constexpr (kBf16) {
+      return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+    } else {
+      __half2 h;
+      memcpy(&h, &w, sizeof(w));
+      return __half22float2(h);
+    }
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    uint32_t w;
+    if constexpr (kBf16) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+      memcpy(&w, &h, sizeof(w));
+    } else {
+      const __half2 h = __floats2half2_rn(lo, hi);
+      memcpy(&w, &h, sizeof(w));
+    }
+    return w;
+  }
+  static __device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
+    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-  for (int j = 0; j < kVec; ++j) e[j] = static_cast<T>(v[j]);
-  *reinterpret_cast<uint4*>(p) = raw;
-}
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = unpack(w[k]);
+      v[2 * k] = f.x;
+      v[2 * k + 1] = f.y;
+    }
+  }
+  static __device__ __forceinline__ void store8(T* p, const float (&v)[kVec]) {
+    __stcs(reinterpret_cast<uint4*>(p),
+           make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7])));
+  }
+  static __device__ __forceinline__ float load1(const T* p) {
+    const unsigned short u = __ldcs(reinterpret_cast<const unsigned short*>(p));
+    if constexpr (kBf16) return __uint_as_float(static_cast<uint32_t>(u) << 16);
+    else return __half2float(__ushort_as_half(u));
+  }
+  static __device__ __forceinline__ void store1(T* p, float v) {
+    unsigned short u;
+    if constexpr (kBf16) u = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    else u = __half_as_ushort(__float2half_rn(v));
+    __stcs(reinterpret_cast<unsigned short*>(p), u);
+  }
+};
 template <>
-__device__ __forceinline__ void store8<float>(float* p, const float (&v)[kVec]) {
-  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
+struct Io<c10::BFloat16> : Io16<c10::BFloat16> {};
+template <>
+struct Io<c10::Half> : Io16<c10::Half> {};
+
+// One tensor's streams, each pointing at the tensor's element 0 (flat streams
+// at its segment); absent streams are never touched.
+template <typename P, typename A, typename F>
+struct Ptrs {
+  P* __restrict__ p;
+  A* __restrict__ a;
+  A* __restrict__ m;
+  const F* __restrict__ r;
+  F* __restrict__ s;
+  F* __restrict__ o;
+};
 
 // Streams: list 0 = params (P), 1 = anchors (A), 2 = momentum buffers (A);
-// flat: out, reduced, sent (F). Absent streams are neither loaded nor stored.
-template <typename P, typename A, typename F>
+// flat: out, reduced, sent (F).
+template <class Cfg, typename P, typename A, typename F>
 struct BoundaryOp {
   F* out;
   const F* reduced;
   F* sent;
   const float* verdict;  // device pointer, null when absent
-  RuntimeCfg cfg;
   float lr, mu, divisor;
-  bool write_p, write_a, has_m;
+  bool nesterov;
+  bool discard = false;  // set per thread by begin()
+
+  // Bytes loaded per element: how many groups a thread keeps in flight.
+  static constexpr int kLoadBytes =
+      int{sizeof(P)} + (Cfg::has_anchor() ? int{sizeof(A)} : 0) +
+      (Cfg::has_momentum() ? int{sizeof(A)} : 0) + (Cfg::has_reduced() ? int{sizeof(F)} : 0) +
+      (Cfg::has_sent() ? int{sizeof(F)} : 0);
+  // Groups per thread per tile: one keeps 4 (all 16-bit) to 10 16-byte loads in
+  // flight per thread, enough with 3+ resident blocks; two cost registers (and
+  // occupancy) for no more bandwidth.
+  static constexpr int kUnroll = 1;
+  // Elements per thread per tile on the misaligned path. Eight for the
+  // 16-bit-only variants took them to 128 registers and spilled under the cap
+  // of 2 blocks per SM (nvcc 13.0), so four for all.
+  static constexpr int kScalar = 4;
 
   // Once per thread, before any element: the device reads its own verdict on
   // the reduced round (the host never does). A discarded round reads neither
   // `reduced` nor the momenta and stores neither anchors nor momenta.
   __device__ __forceinline__ void begin() {
-    if (verdict) cfg.discard_ = !verdict_valid(*verdict);
+    if constexpr (Cfg::has_reduced()) discard = verdict != nullptr && !verdict_valid(*verdict);
   }
 
-  // Loads n (1 or kVec) elements of every stream at tensor index i, applies
-  // the rule, stores what this call writes.
-  template <int N>
-  __device__ __forceinline__ void apply(const TensorMeta& t, int64_t i) const {
-    P* p = static_cast<P*>(t.list[0]) + i;
-    A* a = static_cast<A*>(t.list[1]) + (t.list[1] ? i : 0);
-    A* m = static_cast<A*>(t.list[2]) + (t.list[2] ? i : 0);
-    const int64_t f = t.offset + i;
-    float vp[N], va[N], vm[N], vr[N], vs[N], vo[N];
-    load<N>(p, vp);
-    if (cfg.anchor) load<N>(a, va);
-    const bool merge = !cfg.discard();
-    if (has_m && merge) load<N>(m, vm);
-    if (cfg.reduced && merge) load<N>(reduced + f, vr);
-    if (cfg.sent) load<N>(sent + f, vs);
+  __device__ __forceinline__ void piece(const TensorMeta& t, int64_t lo, int64_t hi) const {
+    if constexpr (Cfg::has_reduced()) {
+      if (discard) return piece_as<typename Cfg::Discarding>(t, lo, hi);
+    }
+    piece_as<Cfg>(t, lo, hi);
+  }
+
+ private:
+  template <class C>
+  __device__ __forceinline__ void piece_as(const TensorMeta& t, int64_t lo, int64_t hi) const {
+    Ptrs<P, A, F> q{static_cast<P*>(t.list[0]),
+                    C::has_anchor() ? static_cast<A*>(t.list[1]) : nullptr,
+                    C::has_momentum() ? static_cast<A*>(t.list[2]) : nullptr,
+                    C::has_reduced() && !C::discard() ? reduced + t.offset : nullptr,
+                    C::has_sent() ? sent + t.offset : nullptr,
+                    C::has_out() ? out + t.offset : nullptr};
+    C cfg;
+    cfg.nesterov = nesterov;
+    if (t.vec_ok) {
+      // Groups start where every stream is aligned: at head (mod kVec).
+      const int64_t skip = ((t.head - lo) % kVec + kVec) % kVec;
+      const int64_t vs = min(hi, lo + skip);
+      const int64_t groups = (hi - vs) / kVec;
+      const int64_t ve = vs + groups * kVec;
+      misaligned(cfg, q, lo, vs);
+      vectors(cfg, q, vs, groups);
+      misaligned(cfg, q, ve, hi);
+    } else {
+      misaligned(cfg, q, lo, hi);
+    }
+  }
+
+  template <class C, int N>
+  __device__ __forceinline__ void apply(const C& cfg, float (&p)[N], float (&a)[N], float (&m)[N],
+                                        float (&r)[N], float (&s)[N], float (&o)[N]) const {
 #pragma unroll
-    for (int j = 0; j < N; ++j) apply_rule(cfg, lr, mu, divisor, vp[j], va[j], vm[j], vr[j], vs[j], vo[j]);
-    if (out) store<N>(out + f, vo);
-    if (cfg.sent) store<N>(sent + f, vs);
-    if (write_a && merge) store<N>(a, va);
-    if (write_a && has_m && merge) store<N>(m, vm);
-    if (write_p) store<N>(p, vp);
+    for (int j = 0; j < N; ++j) {
+      // Absent streams read as 0 (never loaded, never stored).
+      if constexpr (!C::has_anchor()) a[j] = 0.f;
+      if constexpr (!C::has_momentum()) m[j] = 0.f;
+      if constexpr (!C::has_reduced() || C::discard()) r[j] = 0.f;
+      if constexpr (!C::has_sent()) s[j] = 0.f;
+      apply_rule(cfg, lr, mu, divisor, p[j], a[j], m[j], r[j], s[j], o[j]);
+    }
   }
-  __device__ void scalar(const TensorMeta& t, int64_t i) const { apply<1>(t, i); }
-  __device__ void vector(const TensorMeta& t, int64_t i) const { apply<kVec>(t, i); }
 
-  template <int N, typename T>
-  __device__ __forceinline__ static void load(const T* p, float (&v)[N]) {
-    if constexpr (N == 1) v[0] = static_cast<float>(*p); else load8(p, v);
+  // The streams of one tile, each advanced to this thread's first element: the
+  // tile's accesses are then constant offsets from one pointer per stream (no
+  // 64-bit address kept per element between the loads and the stores).
+  template <class C>
+  __device__ __forceinline__ static Ptrs<P, A, F> at(const Ptrs<P, A, F>& q, int64_t e) {
+    return {q.p + e,
+            C::has_anchor() ? q.a + e : nullptr,
+            C::has_momentum() ? q.m + e : nullptr,
+            C::has_reduced() && !C::discard() ? q.r + e : nullptr,
+            C::has_sent() ? q.s + e : nullptr,
+            C::has_out() ? q.o + e : nullptr};
   }
-  template <int N, typename T>
-  __device__ __forceinline__ static void store(T* p, const float (&v)[N]) {
-    if constexpr (N == 1) *p = static_cast<T>(v[0]); else store8(p, v);
+
+  // Groups [0, groups) of kVec elements from element vs, kUnroll per thread:
+  // every load of the tile is issued before the first use.
+  template <class C>
+  __device__ __forceinline__ void vectors(const C& cfg, const Ptrs<P, A, F>& q, int64_t vs,
+                                          int64_t groups) const {
+    constexpr int U = kUnroll;
+    constexpr int kStride = kThreads * kVec;  // elements between a thread's groups
+    // Not unrolled further: the compiler's own unrolling of this loop only
+    // costs registers (the loads of a tile are already independent).
+#pragma unroll 1
+    for (int64_t g0 = threadIdx.x; g0 < groups; g0 += int64_t{kThreads} * U) {
+      const Ptrs<P, A, F> t = at<C>(q, vs + g0 * kVec);
+      const int64_t left = groups - g0;  // >= 1: groups u with u * kThreads < left exist
+      float vp[U][kVec], va[U][kVec], vm[U][kVec], vr[U][kVec], vsn[U][kVec], vo[U][kVec];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u * kThreads < left) {
+          Io<P>::load8(t.p + u * kStride, vp[u]);
+          if constexpr (C::has_anchor()) Io<A>::load8(t.a + u * kStride, va[u]);
+          if constexpr (C::has_momentum()) Io<A>::load8(t.m + u * kStride, vm[u]);
+          if constexpr (C::has_reduced() && !C::discard()) Io<F>::load8(t.r + u * kStride, vr[u]);
+          if constexpr (C::has_sent()) Io<F>::load8(t.s + u * kStride, vsn[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u * kThreads >= left) continue;
+        apply(cfg, vp[u], va[u], vm[u], vr[u], vsn[u], vo[u]);
+        if constexpr (C::has_out()) Io<F>::store8(t.o + u * kStride, vo[u]);
+        if constexpr (C::has_sent()) Io<F>::store8(t.s + u * kStride, vsn[u]);
+        if constexpr (C::write_anchors()) Io<A>::store8(t.a + u * kStride, va[u]);
+        if constexpr (C::write_anchors() && C::has_momentum()) Io<A>::store8(t.m + u * kStride, vm[u]);
+        if constexpr (C::write_params()) Io<P>::store8(t.p + u * kStride, vp[u]);
+      }
+    }
+  }
+
+  // Elements [x0, x1), lanes on consecutive elements, kScalar per thread, every
+  // load of the tile issued before the first use.
+  template <class C>
+  __device__ __forceinline__ void misaligned(const C& cfg, const Ptrs<P, A, F>& q, int64_t x0,
+                                             int64_t x1) const {
+    constexpr int S = kScalar;
+#pragma unroll 1
+    for (int64_t b = x0 + threadIdx.x; b < x1; b += int64_t{kThreads} * S) {
+      const Ptrs<P, A, F> t = at<C>(q, b);
+      const int64_t left = x1 - b;  // >= 1
+      float vp[S], va[S], vm[S], vr[S], vsn[S], vo[S];
+#pragma unroll
+      for (int j = 0; j < S; ++j) {
+        if (j * kThreads < left) {
+          const int k = j * kThreads;
+          vp[j] = Io<P>::load1(t.p + k);
+          if constexpr (C::has_anchor()) va[j] = Io<A>::load1(t.a + k);
+          if constexpr (C::has_momentum()) vm[j] = Io<A>::load1(t.m + k);
+          if constexpr (C::has_reduced() && !C::discard()) vr[j] = Io<F>::load1(t.r + k);
+          if constexpr (C::has_sent()) vsn[j] = Io<F>::load1(t.s + k);
+        }
+      }
+      apply(cfg, vp, va, vm, vr, vsn, vo);
+#pragma unroll
+      for (int j = 0; j < S; ++j) {
+        if (j * kThreads < left) {
+          const int k = j * kThreads;
+          if constexpr (C::has_out()) Io<F>::store1(t.o + k, vo[j]);
+          if constexpr (C::has_sent()) Io<F>::store1(t.s + k, vsn[j]);
+          if constexpr (C::write_anchors()) Io<A>::store1(t.a + k, va[j]);
+          if constexpr (C::write_anchors() && C::has_momentum()) Io<A>::store1(t.m + k, vm[j]);
+          if constexpr (C::write_params()) Io<P>::store1(t.p + k, vp[j]);
+        }
+      }
+    }
   }
 };
 
-template <class F>
-void dispatch_float(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(float{});
-    case at::kBFloat16: return f(c10::BFloat16{});
-    case at::kHalf: return f(c10::Half{});
-    default: HPSGD_CHECK(false, "hpsgd: no CUDA kernel for dtype ", t);
-  }
-}
-
-template <typename T>
-T* data_or_null(const at::Tensor& t) {
-  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
-}
-
-void run_cuda(const Plan& pl) {
-  if (pl.empty()) return;
+MultiTensorLayout layout_of(const Plan& pl) {
   const int64_t n = pl.size();
   MultiTensorLayout layout;
   layout.lists.resize(n);
-  layout.numels.resize(n);
+  layout.numels = pl.numels;
   layout.offsets = pl.offsets;
   layout.list_elem = {static_cast<int64_t>(c10::elementSize(pl.param_dtype)),
                       static_cast<int64_t>(c10::elementSize(pl.anchor_dtype)),
                       static_cast<int64_t>(c10::elementSize(pl.anchor_dtype))};
-  for (int64_t i = 0; i < n; ++i) {
-    layout.numels[i] = pl.params[i].numel();
-    layout.lists[i] = {pl.params[i].data_ptr(),
-                       pl.anchors.empty() ? nullptr : pl.anchors[i].data_ptr(),
-                       pl.momenta.empty() ? nullptr : pl.momenta[i].data_ptr()};
-  }
-  for (const at::Tensor* f : {&pl.out, &pl.reduced, &pl.sent})
-    if (f->defined()) layout.flats.push_back(f->data_ptr());
+  for (int64_t i = 0; i < n; ++i)
+    layout.lists[i] = {pl.params[i], pl.anchors.empty() ? nullptr : pl.anchors[i],
+                       pl.momenta.empty() ? nullptr : pl.momenta[i]};
+  for (const void* f : {pl.out, pl.reduced, pl.sent})
+    if (f) layout.flats.push_back(f);
   layout.flat_elem = static_cast<int64_t>(c10::elementSize(pl.flat_dtype));
-  const at::Device device = pl.params.empty() ? pl.out.device() : pl.params[0].device();
+  return layout;
+}
 
-  dispatch_float(pl.param_dtype, [&](auto p_tag) {
-    using P = decltype(p_tag);
-    auto with_anchor = [&](auto a_tag) {
-      using A = decltype(a_tag);
-      dispatch_float(pl.flat_dtype, [&](auto f_tag) {
-        using F = decltype(f_tag);
-        BoundaryOp<P, A, F> op{data_or_null<F>(pl.out), data_or_null<const F>(pl.reduced),
-                               data_or_null<F>(pl.sent), data_or_null<const float>(pl.verdict),
-                               pl.cfg, pl.lr, pl.mu, pl.divisor, pl.write_params,
-                               pl.write_anchors(), !pl.momenta.empty()};
-        multi_tensor_apply(layout, device, op);
-      });
-    };
-    if (pl.anchor_dtype == at::kFloat) with_anchor(float{}); else with_anchor(P{});
+// Calls f.template operator()<Op>() with the Plan's kernel (one per variant and dtypes).
+template <class F>
+void dispatch_op(const Plan& pl, bool nesterov, F&& f) {
+  dispatch_variant(pl, nesterov, [&](auto cfg) {
+    using Cfg = std::decay_t<decltype(cfg)>;
+    dispatch_dtypes(pl, [&](auto p, auto a, auto fl) {
+      using P = std::decay_t<decltype(p)>;
+      using A = std::decay_t<decltype(a)>;
+      // Without anchors the anchor type is the params' (plan.cpp): no other kernel.
+      if constexpr (Cfg::has_anchor() || std::is_same_v<A, P>)
+        f(BoundaryOp<Cfg, P, A, std::decay_t<decltype(fl)>>{}, cfg);
+    });
   });
 }
 
+// Metadata a captured CUDA graph refers to: kept for the life of the process,
+// whether the Plan was cached before the capture or during it (see
+// [device metadata] in multi_tensor_apply.cuh).
+void keep_for_graphs(const std::shared_ptr<const void>& prepared) {
+  static std::mutex mu;
+  static auto* kept = new std::vector<std::shared_ptr<const void>>();
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& k : *kept)
+    if (k == prepared) return;
+  kept->push_back(prepared);
+}
+
+void prepare_cuda(Plan& pl) {
+  dispatch_op(pl, false, [&](auto op, auto) {
+    pl.prepared = prepare_launch<std::decay_t<decltype(op)>>(layout_of(pl), pl.total, pl.device);
+  });
+  if (capturing()) pl.permanent = true;
+}
+
+template <typename T>
+T* typed(void* p) {
+  return static_cast<T*>(p);
+}
+
+void run_cuda(const Plan& pl, const CallScalars& sc) {
+  if (pl.empty()) return;
+  const auto& launch = *static_cast<const Launch*>(pl.prepared.get());
+  if (capturing()) keep_for_graphs(pl.prepared);
+  dispatch_op(pl, sc.nesterov, [&](auto op, auto) {
+    using Op = std::decay_t<decltype(op)>;
+    using F = std::remove_pointer_t<decltype(op.out)>;
+    op.out = typed<F>(pl.out);
+    op.reduced = typed<const F>(pl.reduced);
+    op.sent = typed<F>(pl.sent);
+    op.verdict = pl.verdict;
+    op.lr = sc.lr;
+    op.mu = sc.mu;
+    op.divisor = sc.divisor;
+    op.nesterov = sc.nesterov;
+    multi_tensor_apply<Op>(launch, pl.device, op);
+  });
+}
+
+template <typename T>
+const char* dtype_name() {
+  if constexpr (std::is_same_v<T, float>) return "f32";
+  else if constexpr (std::is_same_v<T, c10::BFloat16>) return "bf16";
+  else return "f16";
+}
+
+template <class Cfg, typename P, typename A, typename F>
+std::string kernel_name(const BoundaryOp<Cfg, P, A, F>&) {
+  std::string s = "boundary[";
+  s += Cfg::has_anchor() ? "a" : "-";
+  s += Cfg::has_reduced() ? "r" : "-";
+  s += Cfg::has_sent() ? "s" : "-";
+  s += Cfg::has_momentum() ? "m" : "-";
+  s += Cfg::has_out() ? "o" : "-";
+  s += Cfg::write_params() ? "p" : "-";
+  s += "] p=";
+  s += dtype_name<P>();
+  s += " a=";
+  s += dtype_name<A>();
+  s += " f=";
+  s += dtype_name<F>();
+  return s;
+}
+
 }  // namespace
+
+std::vector<KernelInfo> preload_kernels() {
+  // Every kernel run_cuda can launch, found through the same dispatch: a fake
+  // Plan per op shape (see [kernel variants]) and dtype combination.
+  struct Shape { bool a, r, s, m, out, wp; };
+  const Shape shapes[] = {
+      {false, false, false, false, true, false},  // flatten
+      {false, true, false, false, false, true},   // unflatten
+      {true, false, false, false, true, false},   // delta_flatten
+      {true, true, false, false, false, true},    // merge
+      {true, false, false, false, true, true},  {true, false, true, false, true, true},
+      {true, true, false, false, true, true},   {true, true, true, false, true, true},
+      {true, true, false, true, true, true},    {true, true, true, true, true, true},
+  };
+  const at::ScalarType types[] = {at::kFloat, at::kBFloat16, at::kHalf};
+  std::vector<KernelInfo> out;
+  std::set<std::string> seen;
+  static char dummy;
+  for (const Shape& sh : shapes)
+    for (at::ScalarType p : types)
+      for (at::ScalarType a : types)
+        for (at::ScalarType f : types) {
+          if (a != p && a != at::kFloat) continue;
+          if (!sh.a && a != p) continue;
+          Plan pl;
+          pl.cfg.anchor = sh.a;
+          pl.cfg.reduced = sh.r;
+          pl.cfg.sent = sh.s;
+          pl.has_momenta = sh.m;
+          pl.out = sh.out ? &dummy : nullptr;
+          pl.write_params = sh.wp;
+          pl.param_dtype = p;
+          pl.anchor_dtype = a;
+          pl.flat_dtype = f;
+          dispatch_op(pl, false, [&](auto op, auto) {
+            using Op = std::decay_t<decltype(op)>;
+            std::string name = kernel_name(op);
+            if (!seen.insert(name).second) return;
+            const cudaFuncAttributes attr = kernel_attributes<Op>();
+            out.push_back({std::move(name), attr.numRegs, static_cast<int64_t>(attr.localSizeBytes),
+                           attr.maxThreadsPerBlock, blocks_per_sm<Op>()});
+          });
+        }
+  return out;
+}
+
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(hpsgd, CUDA, m) { BoundaryOps<&cuda::run_cuda>::register_all(m); }
+TORCH_LIBRARY_IMPL(hpsgd, CUDA, m) {
+  BoundaryOps<&cuda::prepare_cuda, &cuda::run_cuda>::register_all(m);
+}
 
 }  // namespace hpsgd

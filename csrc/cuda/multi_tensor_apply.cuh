@@ -1,44 +1,67 @@
 // One launch over any number of tensors. Per-tensor metadata lives in device
-// memory (uploaded from pinned memory on the current stream), so there is no
-// kernel-argument size limit and no relaunch for thousands of tensors. Sizes
-// and offsets are int64 throughout; empty tensors own no chunk.
+// memory, uploaded once per cached Plan (see [plan cache] in plan.h), so there
+// is no kernel-argument size limit, no relaunch for thousands of tensors and
+// no per-call upload. Sizes and offsets are int64 throughout; empty tensors
+// are never visited.
 //
-// Work is cut into chunks of kChunk elements; block b takes chunks b,
-// b+grid, ... and finds each chunk's tensor by binary search over the
-// per-tensor chunk prefix. Inside a chunk an Op handles groups of kVec
-// elements with 16-byte accesses when every stream of that tensor is aligned
-// after `head` elements, and single elements everywhere else. Each thread
-// first calls op.begin() on its own copy of the Op: device-side state (such
-// as a verdict written by an earlier kernel) is read there, never by the host.
+// NOTE: [block ranges] The flat index space [0, total) (the concatenation of
+// all tensors, as in the flat buffers) is cut into `grid` equal ranges of
+// `span` elements, one per block, and the grid is one wave of resident blocks
+// (from the occupancy API). A block finds the tensor holding its first element
+// once (a binary search over the offsets), then walks the tensors its range
+// covers in order, holding one tensor's metadata in registers at a time; each
+// intersection (a "piece") goes to the Op. No per-chunk lookup, and the work
+// is balanced to within one element across blocks.
+//
+// NOTE: [device metadata] A Plan's metadata is written once, when the Plan is
+// cached, into its own device allocation (cudaMalloc, not the caching
+// allocator), through a private non-blocking stream that the host waits for:
+// the copy is complete before any kernel can be launched with it, on any
+// stream, and nothing else ever writes that memory. The wait costs a cache
+// miss a few microseconds and waits for no other stream (no running collective,
+// no queued compute). Inside a CUDA graph capture the same happens outside the
+// graph (relaxed capture mode for this thread), and the Plan is kept for the
+// life of the process: a replayed graph reads the same memory. Freeing (an
+// evicted Plan) is cudaFree, which waits for the device: only when more buffer
+// sets than the cache holds are in use.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "../checks.h"
-#include "../chunking.h"
+#include "../plan.h"
 
 namespace hpsgd {
 namespace cuda {
 
 constexpr int kMaxLists = 3;
-constexpr int kVec = 8;            // elements per vector group: 16 bytes of a 16-bit type
-constexpr int64_t kChunk = 8192;   // multiple of kVec
+constexpr int kVec = 8;  // elements per vector group: 16 bytes of a 16-bit type
 constexpr int kThreads = 256;
-constexpr int kBlocksPerSM = 8;
+// At least 2 resident blocks of 256 threads per SM: caps registers at 128 per
+// thread. With one group of every stream in flight per thread (4 to 10 16-byte
+// loads), 512 threads keep 32-80 KB of loads in flight per SM, above what HBM
+// needs (about 22 KB per SM at 4.8 TB/s and 600 ns); the lighter variants get
+// more blocks (the grid comes from the occupancy API). A cap of 80 (3 blocks)
+// made 48 of the 138 kernels spill (nvcc 13.0). tests/test_kernel_resources.py
+// checks that none spills under this cap.
+constexpr int kMinBlocks = 2;
 
 struct TensorMeta {
   void* list[kMaxLists];  // this tensor in each list stream (null when absent)
   int64_t numel;
-  int64_t offset;       // index of element 0 in the flat streams
-  int64_t first_chunk;  // chunks [first_chunk, next tensor's first_chunk)
-  int32_t head;         // elements before the first aligned vector group
-  int32_t vec_ok;       // all streams 16-byte aligned at head (mod kVec)
+  int64_t offset;  // index of element 0 in the flat streams
+  int32_t head;    // first element (mod kVec) at which every stream is 16-byte aligned
+  int32_t vec_ok;  // 0: the streams are misaligned relative to each other
 };
 
 // What the host knows about a call: per-tensor list pointers and the flat
@@ -51,47 +74,50 @@ struct MultiTensorLayout {
   int64_t flat_elem = 0;
 };
 
+// See [block ranges]. Op::begin() runs once per thread (device-side state such
+// as a verdict written by an earlier kernel is read there, never by the host);
+// Op::piece(meta, lo, hi) handles elements [lo, hi) of one tensor with the
+// whole block.
 template <class Op>
-__global__ void __launch_bounds__(kThreads)
-    multi_tensor_kernel(const TensorMeta* __restrict__ metas, int64_t n, int64_t n_chunks, Op op) {
-  op.begin();  // per-thread state read on the device (e.g. a verdict), once per launch
-  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-    const int64_t t = owner_of_chunk(c, n, [&](int64_t i) { return metas[i].first_chunk; });
-    const TensorMeta& m = metas[t];
-    const int64_t lo = (c - m.first_chunk) * kChunk;
-    const int64_t hi = min(m.numel, lo + kChunk);
-    // lo is a multiple of kVec, so this chunk's first group starts at lo + head.
-    const int64_t vs = m.vec_ok ? min(hi, lo + m.head) : hi;
-    const int64_t groups = (hi - vs) / kVec;
-    const int64_t ve = vs + groups * kVec;
-    for (int64_t i = lo + threadIdx.x; i < vs; i += blockDim.x) op.scalar(m, i);
-    for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) op.vector(m, vs + g * kVec);
-    for (int64_t i = ve + threadIdx.x; i < hi; i += blockDim.x) op.scalar(m, i);
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    multi_tensor_kernel(const TensorMeta* __restrict__ metas, int64_t n, int64_t total,
+                        int64_t span, Op op) {
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * span;
+  const int64_t end = min(total, begin + span);
+  if (begin >= end) return;
+  op.begin();
+  int64_t lo_t = 0, hi_t = n;  // the last tensor whose offset <= begin
+#pragma unroll 1
+  while (hi_t - lo_t > 1) {
+    const int64_t mid = lo_t + (hi_t - lo_t) / 2;
+    if (metas[mid].offset <= begin) lo_t = mid; else hi_t = mid;
+  }
+#pragma unroll 1
+  for (int64_t t = lo_t; t < n; ++t) {
+    const TensorMeta m = metas[t];
+    if (m.offset >= end) break;
+    const int64_t lo = max(begin - m.offset, int64_t{0});
+    const int64_t hi = min(end - m.offset, m.numel);
+    if (lo < hi) op.piece(m, lo, hi);
   }
 }
 
 inline bool aligned16(uintptr_t addr) { return addr % 16 == 0; }
 
-// Builds the metadata, uploads it and launches once on the current stream.
-template <class Op>
-void multi_tensor_apply(const MultiTensorLayout& layout, const at::Device& device, const Op& op) {
+// The per-tensor metadata of a layout (host side, once per cached Plan).
+inline std::vector<TensorMeta> tensor_metas(const MultiTensorLayout& layout) {
   const int64_t n = static_cast<int64_t>(layout.numels.size());
-  const std::vector<int64_t> first = chunk_prefix(layout.numels, kChunk);
-  const int64_t n_chunks = first.back();
-  if (n_chunks == 0) return;
-
-  at::Tensor host = at::empty({static_cast<int64_t>(n * sizeof(TensorMeta))},
-                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  auto* metas = reinterpret_cast<TensorMeta*>(host.data_ptr());
+  std::vector<TensorMeta> metas(n);
   for (int64_t i = 0; i < n; ++i) {
     TensorMeta& m = metas[i];
     std::memset(&m, 0, sizeof(m));
     m.numel = layout.numels[i];
     m.offset = layout.offsets[i];
-    m.first_chunk = first[i];
-    // The head brings the flat streams to a 16-byte boundary; every other
-    // stream must then be aligned too, or this tensor takes the scalar path.
-    const auto flat0 = reinterpret_cast<uintptr_t>(layout.flats.at(0)) + m.offset * layout.flat_elem;
+    // The head brings the first flat stream to a 16-byte boundary; every other
+    // stream must then be aligned too, or this tensor takes the misaligned
+    // path (coalesced and unrolled, one element per access).
+    const auto flat0 =
+        reinterpret_cast<uintptr_t>(layout.flats.at(0)) + m.offset * layout.flat_elem;
     bool ok = flat0 % layout.flat_elem == 0;
     const int64_t head = ok ? static_cast<int64_t>((16 - flat0 % 16) % 16) / layout.flat_elem : 0;
     for (const void* f : layout.flats)
@@ -104,17 +130,97 @@ void multi_tensor_apply(const MultiTensorLayout& layout, const at::Device& devic
     m.head = static_cast<int32_t>(head);
     m.vec_ok = ok ? 1 : 0;
   }
+  return metas;
+}
 
+inline bool capturing() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+}
+
+// Device metadata and launch shape of one Plan (its `prepared`).
+struct Launch {
+  TensorMeta* dev = nullptr;  // see [device metadata]
+  int device = 0;
+  int64_t n = 0, total = 0, span = 0, grid = 0;
+  Launch() = default;
+  Launch(const Launch&) = delete;
+  Launch& operator=(const Launch&) = delete;
+  ~Launch() {
+    if (!dev) return;
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
+    (void)cudaFree(dev);  // a destructor never throws; a failure leaks the block
+  }
+};
+
+// Resident blocks per SM of one kernel (occupancy API), once per instantiation.
+template <class Op>
+int blocks_per_sm() {
+  static const int nb = [] {
+    int b = 0;
+    HPSGD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &b, multi_tensor_kernel<Op>, kThreads, 0));
+    return std::max(b, 1);
+  }();
+  return nb;
+}
+
+// The private upload stream of a device (see [device metadata]).
+inline cudaStream_t upload_stream(int device) {
+  static std::mutex mu;
+  static std::vector<cudaStream_t> streams;
+  std::lock_guard<std::mutex> lock(mu);
+  if (static_cast<int>(streams.size()) <= device) streams.resize(device + 1, nullptr);
+  if (!streams[device])
+    HPSGD_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[device], cudaStreamNonBlocking));
+  return streams[device];
+}
+
+// Writes the metadata to the device and sizes the grid: one wave of resident
+// blocks (see [block ranges]), none with fewer than a few groups per thread.
+template <class Op>
+std::shared_ptr<const Launch> prepare_launch(const MultiTensorLayout& layout, int64_t total,
+                                             const at::Device& device) {
   c10::cuda::CUDAGuard guard(device);
-  // non_blocking from pinned memory: the caching host allocator keeps `host`
-  // alive until the copy has run; `dev` is stream-ordered with the kernel.
-  at::Tensor dev = host.to(device, /*non_blocking=*/true);
+  c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
+  auto l = std::make_shared<Launch>();
+  l->device = device.index();
+  const std::vector<TensorMeta> metas = tensor_metas(layout);
+  l->n = static_cast<int64_t>(metas.size());
+  l->total = total;
+  const size_t bytes = metas.size() * sizeof(TensorMeta);
+  HPSGD_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&l->dev), bytes));
+  const cudaStream_t up = upload_stream(device.index());
+  HPSGD_CUDA_CHECK(cudaMemcpyAsync(l->dev, metas.data(), bytes, cudaMemcpyHostToDevice, up));
+  HPSGD_CUDA_CHECK(cudaStreamSynchronize(up));
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t grid = std::min<int64_t>(n_chunks, static_cast<int64_t>(sms) * kBlocksPerSM);
-  multi_tensor_kernel<Op><<<static_cast<unsigned>(grid), kThreads, 0,
-                            at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const TensorMeta*>(dev.data_ptr()), n, n_chunks, op);
+  const int64_t wave = static_cast<int64_t>(sms) * blocks_per_sm<Op>();
+  const int64_t min_per_block = int64_t{kThreads} * kVec * 4;
+  const int64_t grid = std::clamp<int64_t>((total + min_per_block - 1) / min_per_block, 1, wave);
+  const int64_t span = ((total + grid - 1) / grid + kVec - 1) / kVec * kVec;
+  l->span = span;
+  l->grid = (total + span - 1) / span;
+  return l;
+}
+
+// One launch on the current stream with a prepared Plan's metadata.
+template <class Op>
+void multi_tensor_apply(const Launch& l, const at::Device& device, const Op& op) {
+  if (l.total == 0) return;
+  c10::cuda::CUDAGuard guard(device);
+  multi_tensor_kernel<Op><<<static_cast<unsigned>(l.grid), kThreads, 0,
+                            at::cuda::getCurrentCUDAStream(device.index())>>>(
+      l.dev, l.n, l.total, l.span, op);
   HPSGD_LAUNCH_CHECK();
+}
+
+// Forces the kernel's module to load now (CUDA lazy loading would otherwise
+// load it at its first launch, which can wait behind a running collective).
+template <class Op>
+cudaFuncAttributes kernel_attributes() {
+  cudaFuncAttributes attr{};
+  HPSGD_CUDA_CHECK(cudaFuncGetAttributes(&attr, multi_tensor_kernel<Op>));
+  return attr;
 }
 
 }  // namespace cuda

@@ -1,7 +1,7 @@
 """hpsgd-bench: benchmarks that write JSON (with machine, versions, commit, date)
 and a readable table into a results folder.
 
-    hpsgd-bench kernels [--device cpu|cuda] [--numel 50000000] [--out bench/results]
+    hpsgd-bench kernels [--device cpu|cuda] [--scale 1.0] [--cases gpt2,llama] [--out bench/results]
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
     hpsgd-bench hook    [--device cpu|cuda] [--steps 1] [--repeats 1000]   (per-step overhead)
     hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--repeats 1] [--out bench/results]
@@ -37,10 +37,10 @@ def _emit(out_dir: str, tag: str, payload: dict, text: str, plot=None) -> int:
 def _kernels(args) -> int:
     from . import kernels
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtypes = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
-              (torch.bfloat16, torch.bfloat16)]
-    res = kernels.run(args.numel, device, dtypes=dtypes, reps=args.reps)
-    return _emit(args.out, f"kernels-{device}", res, kernels.table(res["rows"]),
+    res = kernels.run(device, scale=args.scale, calls=args.calls, reps=args.reps,
+                      names=args.cases.split(",") if args.cases else None)
+    return _emit(args.out, f"kernels-{device}", res,
+                 kernels.table(res["rows"], res["host"], res["resources"]),
                  lambda path: kernels.plot(res["rows"], path))
 
 
@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("kernels", help="fused round_step vs eager PyTorch vs a plain copy")
     k.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    k.add_argument("--numel", type=int, default=50_000_000)
-    k.add_argument("--reps", type=int, default=7)
+    k.add_argument("--scale", type=float, default=None,
+                   help="model size (1.0: full GPT-2 small, ResNet-50, Llama stack; default 1.0 on CUDA, 0.1 on CPU)")
+    k.add_argument("--calls", type=int, default=None, help="back-to-back calls per timing")
+    k.add_argument("--reps", type=int, default=5)
+    k.add_argument("--cases", default=None, help="comma-separated substrings of the case names to run")
     k.add_argument("--out", default="bench/results")
     k.set_defaults(fn=_kernels)
     c = sub.add_parser("comm", help="all-reduce algbw/busbw vs torch.distributed, issue cost, overlap")

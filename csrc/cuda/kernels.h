@@ -1,0 +1,26 @@
+// What the CUDA runner exposes beyond the ops: its kernels, loaded up front.
+// Plain C++ (no CUDA headers), for module.cpp.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hpsgd {
+namespace cuda {
+
+struct KernelInfo {
+  std::string name;     // variant and dtypes, e.g. "boundary[ar-mop] p=bf16 a=f32 f=bf16"
+  int registers;        // per thread
+  int64_t local_bytes;  // local memory per thread (spills, stack); 0 expected
+  int max_threads;      // per block the kernel can launch with
+  int blocks_per_sm;    // resident blocks of kThreads (occupancy API)
+};
+
+// Loads every kernel instantiation of the extension on the current device
+// (cudaFuncGetAttributes on each), so that no first launch waits for the
+// module to load behind a running collective under CUDA lazy loading.
+std::vector<KernelInfo> preload_kernels();
+
+}  // namespace cuda
+}  // namespace hpsgd

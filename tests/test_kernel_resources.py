@@ -1,0 +1,38 @@
+"""The CUDA kernels' resource use, read from the built library with cuobjdump (no GPU
+needed): every instantiation present, no spills, registers under the bound that keeps
+at least two blocks of 256 threads resident per SM (kMinBlocks in
+csrc/cuda/multi_tensor_apply.cuh: the compiler caps registers there, and must not spill
+to meet the cap)."""
+
+from __future__ import annotations
+
+import pytest
+
+import hpsgd_ext
+from hpsgd_ext.bench.kernels import cuobjdump_resources
+
+# 65536 registers per SM / (2 blocks * 256 threads) = 128.
+MAX_REGISTERS = 128
+# flatten/unflatten: 9 dtype pairs each; delta_flatten, merge and 6 round_step
+# variants: 15 dtype combinations each (see [kernel variants] in csrc/boundary_ops.h).
+KERNELS = 2 * 9 + 8 * 15
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    if not hpsgd_ext.built_with_cuda():
+        pytest.skip("built without CUDA")
+    rows = cuobjdump_resources()
+    if rows is None:
+        pytest.skip("no cuobjdump on this machine")
+    return [r for r in rows if "multi_tensor_kernel" in r["function"]]
+
+
+def test_every_instantiation_is_built(kernels):
+    assert len(kernels) == KERNELS
+
+
+def test_no_spills_and_registers_bounded(kernels):
+    for r in kernels:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        assert r["registers"] <= MAX_REGISTERS, r
