@@ -299,8 +299,10 @@ struct Entry {
   std::shared_ptr<const Plan> plan;
 };
 
-// Most recent first. Small: the hook alternates between a few buffer sets.
-constexpr size_t kCacheEntries = 16;
+// Most recent first. The engine uses two buffer sets per group (its flats
+// alternate); an eviction frees device metadata (cudaFree waits for the device),
+// so there is room for many groups before one would happen on a hot path.
+constexpr size_t kCacheEntries = 64;
 
 struct Cache {
   std::mutex mu;

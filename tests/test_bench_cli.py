@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -56,7 +57,9 @@ def test_step_overlap_measures_all_three_cases(world_of_one, tmp_path):  # the g
     m = res["median"]
     # the link holds the reduction for about the steps' time, so it is not free
     assert m["comm_s"] > 0.5 * m["compute_s"] and m["both_s"] >= m["compute_s"] * 0.5
-    assert -1.0 < res["hidden_fraction"] < 1.5
+    # at most all of it hidden; how much is a measurement (a loaded host runs "both"
+    # far slower than either alone: -1.46 was seen with 3 builds beside it), not a check
+    assert math.isfinite(res["hidden_fraction"]) and res["hidden_fraction"] < 1.5
     assert "hidden:" in (tmp_path / "step-overlap-cpu.txt").read_text()
 
 

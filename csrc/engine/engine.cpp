@@ -1,5 +1,9 @@
 #include "engine.h"
 
+#ifdef HPSGD_WITH_CUDA
+#include "../cuda/kernels.h"
+#endif
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 
@@ -117,9 +121,23 @@ Engine::Engine(std::vector<GroupSpec> specs, std::shared_ptr<comm::Transport> co
     groups_.push_back(std::move(g));
   }
   verdicts_ = VerdictPolicy(rank_, world_, opts_.max_bad_rounds, opts_.comm_dtype_name);
-  // TODO(preload): on CUDA, call the kernel owner's _C.preload_kernels()
-  // (hpsgd::cuda::preload_kernels, not on this branch yet) here, so that no first
-  // launch waits lazily behind a collective or an emulated hold.
+#ifdef HPSGD_WITH_CUDA
+  if (device_.is_cuda()) {
+    // Under CUDA lazy loading a kernel's first launch may wait for the device to go
+    // idle, so one first launched at a later boundary would wait behind the round
+    // in flight (or an emulated hold): load ours now, and run the verdict's
+    // framework ops once on these very buffers (zeros: nothing is decided) so
+    // theirs are loaded too.
+    hpsgd::cuda::preload_kernels();
+    std::vector<at::Tensor> flats;
+    std::vector<int64_t> numels;
+    for (const Group& g : groups_) {
+      flats.push_back(g.flats[0]);
+      numels.push_back(g.numel);
+    }
+    (void)reduced_verdict(flats, numels, world_);
+  }
+#endif
   if (opts_.sync_every == 0) {
     // On CUDA the transport runs on the GPU: only the boundary counts as a round's cost.
     opts_.window.count_background_cpu = device_.is_cpu();
