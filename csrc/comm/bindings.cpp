@@ -118,9 +118,7 @@ void bind_comm(py::module_& m) {
       "c10d_communicator",
       [](c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
          std::shared_ptr<LinkModel> link) -> std::shared_ptr<Transport> {
-        auto t = std::make_shared<C10dTransport>(std::move(pg), timeout_s, std::move(link));
-        t->start_watchdog();
-        return t;
+        return make_transport<C10dTransport>(std::move(pg), timeout_s, std::move(link));
       },
       "process_group"_a, "timeout"_a, "link"_a = nullptr);
 
@@ -132,10 +130,8 @@ void bind_comm(py::module_& m) {
          std::shared_ptr<LinkModel> link, int min_ctas, int max_ctas) -> std::shared_ptr<Transport> {
         std::string id = uid;
         py::gil_scoped_release nogil;
-        auto t = std::make_shared<NcclTransport>(id, rank, world, device, timeout_s,
-                                                 std::move(link), NcclOptions{min_ctas, max_ctas});
-        t->start_watchdog();
-        return t;
+        return make_transport<NcclTransport>(id, rank, world, device, timeout_s, std::move(link),
+                                             NcclOptions{min_ctas, max_ctas});
       },
       "unique_id"_a, "rank"_a, "world_size"_a, "device"_a, "timeout"_a, "link"_a = nullptr,
       "min_ctas"_a = 0, "max_ctas"_a = 0);

@@ -52,6 +52,8 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "link_model.h"
@@ -138,7 +140,7 @@ class Transport : public std::enable_shared_from_this<Transport> {
             std::shared_ptr<LinkModel> link);
   virtual ~Transport();
 
-  // Starts the watchdog; called once by the factory after make_shared.
+  // Starts the watchdog; called once by make_transport() after make_shared.
   void start_watchdog();
 
   // Reduces `flat` in place over ranks: the mean (average) or the plain sum.
@@ -207,5 +209,17 @@ class Transport : public std::enable_shared_from_this<Transport> {
   std::mutex watchdog_mu_;
   std::unique_ptr<Watchdog> watchdog_;
 };
+
+// A transport ready for use: owned by a shared_ptr (the watchdog holds a weak
+// one, NOTE: [comm ownership]) with its watchdog running. The one way to make
+// a transport, for the Python factories and C++ callers alike:
+//   auto comm = hpsgd::comm::make_transport<hpsgd::comm::C10dTransport>(pg, /*timeout_s=*/60.0);
+template <class T, class... Args>
+std::shared_ptr<T> make_transport(Args&&... args) {
+  static_assert(std::is_base_of_v<Transport, T>, "make_transport<T>: T must derive from Transport");
+  auto t = std::make_shared<T>(std::forward<Args>(args)...);
+  t->start_watchdog();
+  return t;
+}
 
 }  // namespace hpsgd::comm

@@ -8,8 +8,9 @@ namespace hpsgd::comm {
 
 class C10dTransport final : public Transport {
  public:
+  // Make one with make_transport<C10dTransport>(pg, timeout_s[, link]).
   C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double timeout_s,
-                std::shared_ptr<LinkModel> link);
+                std::shared_ptr<LinkModel> link = nullptr);
   ~C10dTransport() override;
 
  protected:

@@ -110,7 +110,8 @@ Engine::Engine(std::vector<GroupSpec> specs, std::shared_ptr<comm::Transport> co
       g.anchors.push_back(t.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true));
     g.numel = 0;
     for (const at::Tensor& t : g.live) g.numel += t.numel();
-    const auto opts = at::TensorOptions().dtype(s.wire_dtype).device(device_);
+    const auto opts =
+        at::TensorOptions().dtype(s.wire_dtype.value_or(s.live[0].scalar_type())).device(device_);
     for (auto& f : g.flats) f = at::zeros({g.numel + world_}, opts);
     if (opts_.keep) g.sent = at::zeros({g.numel}, opts);
     if (s.momentum > 0.0)

@@ -21,10 +21,12 @@
 
 namespace hpsgd::engine {
 
-// Tensors reduced together: one dtype, one outer step.
+// Tensors reduced together: one dtype, one outer step. From C++,
+// `GroupSpec{model->parameters()}` is a group of same-dtype parameters sent in
+// their own dtype with the plain merge (DESIGN.md section 2).
 struct GroupSpec {
   std::vector<at::Tensor> live;  // the replica, trained by the user's optimizer
-  at::ScalarType wire_dtype;     // of the flats and `sent`
+  std::optional<at::ScalarType> wire_dtype;  // of the flats and `sent`; default: live's dtype
   double lr = 1.0;               // outer step on the averaged change
   double momentum = 0.0;
   bool nesterov = false;

@@ -109,8 +109,7 @@ void run_rank(int rank, const std::string& path) {
   auto store = c10::make_intrusive<c10d::FileStore>(path, kWorld);
   auto data = gloo_group(store, "data", rank);
   auto control = gloo_group(store, "control", rank);
-  auto comm = std::make_shared<hpsgd::comm::C10dTransport>(data, kTimeout, nullptr);
-  comm->start_watchdog();
+  auto comm = hpsgd::comm::make_transport<hpsgd::comm::C10dTransport>(data, kTimeout);
 
   // The same initial model on every rank (DESIGN: HPSGD broadcasts rank 0's).
   auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
