@@ -38,7 +38,9 @@ def assert_same(actual, expected):
     finite, so a NaN can only be a poisoned element the kernel failed to write
     (or a tail both left alone, which callers check separately)."""
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(),
+    # Compared where they are: a 2 GiB CUDA pair copied to the host and compared
+    # there ran past a 45 s test limit on an H200 machine beside other tests.
+    torch.testing.assert_close(actual.float(), expected.float(),
                                equal_nan=True, **tolerance(actual.dtype))
 
 

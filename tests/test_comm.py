@@ -247,3 +247,20 @@ def test_c10d_transport_named_explicitly_on_cpu(world_of_one):
         x = torch.arange(6, dtype=torch.float32)
         comm.all_reduce_async(x).wait()
         assert torch.equal(x, torch.arange(6, dtype=torch.float32))
+
+
+def test_a_hold_longer_than_the_timeout_times_out(world_of_one):
+    """The deadline counts from when the collective can start on the emulated link,
+    not from its modelled finish: a transfer the link holds for an hour, under a 1 s
+    timeout, is reported by the watchdog at about 1 s, while nobody waits on it."""
+    comm = Communicator(timeout=1, link=LinkModel(bandwidth=1.0, latency=3600.0))
+    w = comm.all_reduce_async(torch.ones(8))
+    t0 = time.monotonic()
+    while comm.error is None and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    assert comm.error is not None and time.monotonic() - t0 < 2.5, comm.error
+    with pytest.raises(hpsgd_ext.CommTimeoutError):
+        w.wait()
+    with pytest.raises(hpsgd_ext.CommTimeoutError):
+        comm.check()
+    comm.close()

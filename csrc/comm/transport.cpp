@@ -207,8 +207,11 @@ std::shared_ptr<Work> Transport::all_reduce(const at::Tensor& flat, bool average
     const double issued = now_s();
     const double bytes = static_cast<double>(flat.numel() * flat.element_size());
     const double hold = link_ ? link_->reserve(bytes, issued) : 0.0;
-    // The deadline counts from when the collective can start on the link.
-    const double deadline = std::max(issued, hold) + timeout();
+    // The deadline counts from when the collective can start on the link (after
+    // the ones before it), not from its modelled finish: a transfer that the link
+    // holds for longer than the timeout times out, as it would on a real network.
+    const double start = link_ ? hold - link_->duration(bytes) : issued;
+    const double deadline = std::max(issued, start) + timeout();
     const int64_t seq = next_seq_;
     std::shared_ptr<Work> previous;
     {
