@@ -36,7 +36,13 @@ $PY -c 'import hpsgd_ext as h; print("built: cuda", h.built_with_cuda(), "nccl",
 
 # -v: each test's name and verdict as it ends (a crash or a hang then has a name);
 # the thread method dumps the stacks and ends a test stuck in C code too.
-PYT="$PY -m pytest -p no:cacheprovider -v -rfEs --timeout ${HPSGD_CHECK_TEST_TIMEOUT:-60} --timeout-method thread"
+# A test still running 5 s before its limit has every thread's stack printed by
+# pytest's fault handler to the worker's real stderr (the log): the timeout's own
+# dump goes to a captured stream that an xdist worker loses.
+TT=${HPSGD_CHECK_TEST_TIMEOUT:-60}
+PYT="$PY -m pytest -p no:cacheprovider -v -rfEs --timeout $TT --timeout-method thread -o faulthandler_timeout=$((TT - 5))"
+# Tests that measure something write it here too (an xdist worker's stdout is lost).
+export HPSGD_BENCH_OUT=$RES
 # In worker processes (pytest-xdist): a test that crashes the interpreter is
 # reported as failed and the rest still run. The kernel tests time nothing and run
 # on 3 workers; the runtime tests time the host and the streams, so one at a time,
