@@ -34,7 +34,9 @@ communicator ends its holds.
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
+import weakref
 from typing import Optional, Union
 
 import torch
@@ -63,6 +65,24 @@ def to_seconds(value: Duration, name: str) -> float:
         raise ValueError(f"{name} is {value!r}; expected a positive, finite timedelta or number of "
                          f"seconds (at most {_MAX_SECONDS:.0f})")
     return float(secs)
+
+
+# Every open communicator, closed at interpreter exit while Python is still whole:
+# its watchdog threads may hold the last reference to a buffer, and freeing a
+# tensor that Python has seen needs the GIL, which a finalizing interpreter never
+# gives a C++ thread (it ends the thread by a forced unwind, which std::terminate
+# stops inside a destructor: "terminate called without an active exception", seen
+# from c10d's own Gloo worker thread at the end of a Lightning run).
+_OPEN: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for comm in list(_OPEN):
+        try:
+            comm.close()
+        except Exception:  # noqa: BLE001  exiting: nothing left to report it to
+            pass
 
 
 def _cta_count(value, name: str) -> int:
@@ -139,6 +159,7 @@ class Communicator:
             self._core = _C.c10d_communicator(process_group, self.timeout, link)
         else:
             raise ValueError(f"Communicator: device {self.device} is not supported; expected cpu or cuda")
+        _OPEN.add(self)
 
     def _make_nccl(self, pg, backend, link, required):
         from . import built_with_nccl
@@ -219,6 +240,7 @@ class Communicator:
         finalized when clean, aborted otherwise (in-flight Work then raise
         :class:`CommError`). Work handles still held stay valid. Idempotent."""
         core, self._core = self._core, None
+        _OPEN.discard(self)
         if core is not None:
             core.close()
             self._final_error = core.error

@@ -319,14 +319,21 @@ double Transport::watchdog_tick() {
 
 void Transport::expire_overdue(bool punctual) {
   if (!punctual || state_->aborted() || closed_.load()) return;
-  std::vector<std::shared_ptr<Work>> works;
+  // A reference is taken only to an overdue Work: a pass that finds none never
+  // holds the last reference to a Work (whose buffer may need the GIL to free).
+  const double now = now_s();
+  std::shared_ptr<Work> overdue;
   {
     std::lock_guard<std::mutex> in(inflight_mu_);
-    works.assign(inflight_.begin(), inflight_.end());
+    for (const auto& w : inflight_)
+      if (!w->done() && now > w->deadline() + Watchdog::kGrace) {
+        overdue = w;
+        break;
+      }
   }
-  const double now = now_s();
+  if (!overdue) return;
   try {
-    for (const auto& w : works) w->expire_if_overdue(now, Watchdog::kGrace);
+    overdue->expire_if_overdue(now, Watchdog::kGrace);
   } catch (const std::exception&) {
     // recorded by the Work, transport aborted
   }
