@@ -7,7 +7,8 @@
 # HPSGD_CHECK_OPS_TESTS / HPSGD_CHECK_RUN_TESTS (test files, empty for none) and
 # HPSGD_CHECK_BENCH (a subset of: kernels comm hook step-overlap) narrow a rerun;
 # HPSGD_CHECK_TEST_LIMIT, HPSGD_CHECK_BENCH_LIMIT and HPSGD_CHECK_TEST_TIMEOUT (per
-# test) shorten its stages (seconds).
+# test) shorten its stages (seconds); HPSGD_CHECK_RUN_WORKERS runs the runtime tests
+# on that many workers (default 1: they time the host).
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
 export HPSGD_COMMIT=${1:-unknown} PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
@@ -57,7 +58,7 @@ LIMIT=${HPSGD_CHECK_TEST_LIMIT:-180}
     $PYT -n 3 --max-worker-restart 100 -m gpu $OPS_TESTS &
 # shellcheck disable=SC2086
 [ -n "$RUN_TESTS" ] && stage tests-runtime "$LIMIT" tests-runtime.log \
-    $PYT -s -n 1 --max-worker-restart 100 -m gpu --durations 20 $RUN_TESTS &
+    $PYT -s -n "${HPSGD_CHECK_RUN_WORKERS:-1}" --max-worker-restart 100 -m gpu --durations 20 $RUN_TESTS &
 wait
 cat "$OUT"/tests-*.log 2>/dev/null | grep -E "^(FAILED|ERROR)|(passed|failed).* in " | tail -25 | tee -a "$OUT/summary.txt"
 [ -z "${HPSGD_CHECK_BENCH:-}" ] && stage bench-suite 45 tests-ops.log $PYT -k cuda bench --benchmark-disable
