@@ -5,7 +5,7 @@
 # lands in $OUT (at most 8 files come back): logs, and the results folder as a tarball.
 #   usage: bash bench/device_check.sh COMMIT
 # HPSGD_CHECK_OPS_TESTS / HPSGD_CHECK_RUN_TESTS (test files, empty for none) and
-# HPSGD_CHECK_BENCH (a subset of: kernels comm hook step-overlap) narrow a rerun;
+# HPSGD_CHECK_BENCH (a subset of: kernels comm hook step-overlap probe profile) narrow a rerun;
 # HPSGD_CHECK_TEST_LIMIT, HPSGD_CHECK_BENCH_LIMIT and HPSGD_CHECK_TEST_TIMEOUT (per
 # test) shorten its stages (seconds); HPSGD_CHECK_RUN_WORKERS runs the runtime tests
 # on that many workers (default 1: they time the host).
@@ -70,6 +70,11 @@ for b in ${HPSGD_CHECK_BENCH:-kernels comm hook step-overlap}; do
     comm) stage comm "${HPSGD_CHECK_BENCH_LIMIT:-40}" bench.log $B comm --device cuda --max-bytes 256M --out "$RES" ;;
     hook) stage hook "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log $B hook --device cuda --repeats 500 --out "$RES" ;;
     step-overlap) stage step-overlap "${HPSGD_CHECK_BENCH_LIMIT:-40}" bench.log $B step-overlap --device cuda --out "$RES" ;;
+    # Access patterns for the kernel (bench/cuda/stream_probe.cu), and where the
+    # host's time goes at a boundary (bench/profile_host.py).
+    probe) stage probe "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log bash -c \
+        "nvcc -O3 -std=c++17 -arch=sm_90 -o $RES/stream_probe bench/cuda/stream_probe.cu && $RES/stream_probe | tee $RES/stream-probe.txt && rm $RES/stream_probe" ;;
+    profile) stage profile "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log $PY bench/profile_host.py --out "$RES" ;;
     *) summary "unknown benchmark $b" ;;
     esac
 done

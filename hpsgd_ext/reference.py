@@ -123,7 +123,7 @@ class ReferenceHPSGD:
         self.anchors = [p.detach().to(adt(p), copy=True) for p in self.params]
         n = sum(p.numel() for p in self.params)
         self.cdt = comm_dtype or self.params[0].dtype
-        self.sent = torch.zeros(n, dtype=self.cdt) if replica == "keep" else None
+        self.sent = torch.zeros(n, dtype=self.cdt, device=self.params[0].device) if replica == "keep" else None
         self.moms = [torch.zeros_like(a) for a in self.anchors] if outer_momentum > 0 else None
         self.pending = None  # (work, buffer)
         self.steps = 0

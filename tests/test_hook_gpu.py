@@ -52,15 +52,16 @@ def test_single_rank_keep_equals_plain_training(comm_dtype):
 def test_boundary_does_not_block_the_cpu_on_a_slow_link():
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    hp = HPSGD(m, opt, sync_every=2, communicator=EmulatedLink(LinkModel(bandwidth=1e6, latency=0.2)))
+    hp = HPSGD(m, opt, sync_every=2, communicator=EmulatedLink(LinkModel(bandwidth=1e6, latency=1.0)))
     _step(m, opt, 0)  # kernels loaded, optimizer state made
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for s in range(1, 7):  # three boundaries, each reduction held ~0.5 s on the device
+    for s in range(1, 7):  # three boundaries, each reduction held ~1.3 s on the device
         _step(m, opt, s)
     # wall time of the host, not HPSGD's own accounting: any host wait for a held
-    # round (a finite check, a verdict read, a wait) would take ~0.5 s
-    assert time.perf_counter() - t0 < 0.3
+    # round (a finite check, a verdict read, a wait) would take ~1.3 s. Six steps
+    # take the host ~0.05 s alone; beside other processes on the GPU (run 7) 0.34 s.
+    assert time.perf_counter() - t0 < 0.8
     assert hp.stats()["exposed_seconds"] < 0.1  # the compute stream waits, the CPU does not
     hp.synchronize()
     assert hp.stats()["rounds"] == 4

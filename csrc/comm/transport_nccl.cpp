@@ -195,6 +195,15 @@ void NcclTransport::teardown() {
 
 void NcclTransport::wait_ready(const char* what, double deadline) {
   // Caller holds comm_mu_; an abort from another thread waits for one poll.
+  // NOTE: [nonblocking enqueue] A nonblocking communicator (so that init and
+  // every call stay bounded and abortable) launches each collective from a
+  // thread that NCCL starts per call: ncclAllReduce returns ncclInProgress and
+  // the issue waits here for the launch. That takes tens of microseconds; a
+  // sleep between polls would round it up to the OS timer (about 100 us per
+  // poll, several polls: 630 us per boundary on the H200, run 7), so the first
+  // kSpinSeconds only yield the core.
+  constexpr double kSpinSeconds = 2e-3;
+  const double spin_until = now_s() + kSpinSeconds;
   for (;;) {
     ncclResult_t state = ncclSuccess;
     HPSGD_NCCL_CHECK(ncclCommGetAsyncError(comm_, &state));
@@ -208,7 +217,8 @@ void NcclTransport::wait_ready(const char* what, double deadline) {
     if (now_s() > deadline)
       throw CommTimeout(std::string(what) + " did not finish within " +
                         std::to_string(timeout()) + " s on rank " + std::to_string(rank()));
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    if (now_s() < spin_until) std::this_thread::yield();
+    else std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
 
