@@ -74,7 +74,7 @@ for b in ${HPSGD_CHECK_BENCH:-kernels comm hook step-overlap}; do
     # host's time goes at a boundary (bench/profile_host.py).
     probe) stage probe "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log bash -c \
         "nvcc -O3 -std=c++17 -arch=sm_90 -o $RES/stream_probe bench/cuda/stream_probe.cu && $RES/stream_probe | tee $RES/stream-probe.txt && rm $RES/stream_probe" ;;
-    profile) stage profile "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log $PY bench/profile_host.py --out "$RES" ;;
+    profile) stage profile "${HPSGD_CHECK_BENCH_LIMIT:-60}" bench.log env PYTHONPATH=. $PY bench/profile_host.py --out "$RES" ;;
     *) summary "unknown benchmark $b" ;;
     esac
 done
