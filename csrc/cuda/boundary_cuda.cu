@@ -5,12 +5,10 @@
 // does not touch.
 //
 // Inside a tensor, elements go two ways:
-// - vector path (every stream aligned to a unit of kVec = 4 elements at the
-//   same element): lanes take consecutive units (one 16-byte access of
-//   float32, 8 bytes of a 16-bit type: a warp's access is contiguous), each
-//   thread loads kUnroll units of every stream before the first use, applies
-//   the rule, and stores whole units (16-bit outputs packed two per convert);
-//   see [vector units] in docs/kernel-notes.md;
+// - vector path (every stream 16-byte aligned at the same element): each
+//   thread loads a group of 8 elements of every stream (16-byte loads, two per
+//   float32 group) before the first use, applies the rule, and stores
+//   16 bytes at a time (16-bit outputs packed two per convert);
 // - misaligned path (a stream shifted against the others, e.g. every segment
 //   after a 10-class head in the flat buffer): one element per access, lanes
 //   on consecutive elements (coalesced), 4 elements per thread loaded
@@ -37,19 +35,22 @@ struct Io;
 
 template <>
 struct Io<float> {
-  static __device__ __forceinline__ void load_unit(const float* p, float (&v)[kVec]) {
+  static __device__ __forceinline__ void load8(const float* p, float (&v)[kVec]) {
     const float4 x = __ldcs(reinterpret_cast<const float4*>(p));
+    const float4 y = __ldcs(reinterpret_cast<const float4*>(p) + 1);
     v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+    v[4] = y.x; v[5] = y.y; v[6] = y.z; v[7] = y.w;
   }
-  static __device__ __forceinline__ void store_unit(float* p, const float (&v)[kVec]) {
+  static __device__ __forceinline__ void store8(float* p, const float (&v)[kVec]) {
     __stcs(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
+    __stcs(reinterpret_cast<float4*>(p) + 1, make_float4(v[4], v[5], v[6], v[7]));
   }
   static __device__ __forceinline__ float load1(const float* p) { return __ldcs(p); }
   static __device__ __forceinline__ void store1(float* p, float v) { __stcs(p, v); }
 };
 
-// 16-bit types: a unit of 4 elements in one 8-byte access; a pair per 32-bit
-// word, the lower address in the low half.
+// 16-bit types: 8 elements in one 16-byte access; a pair per 32-bit word,
+// the lower address in the low half.
 template <typename T>
 struct Io16 {
   static constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
@@ -73,13 +74,19 @@ struct Io16 {
     }
     return w;
   }
-  static __device__ __forceinline__ void load_unit(const T* p, float (&v)[kVec]) {
-    const uint2 u = __ldcs(reinterpret_cast<const uint2*>(p));
-    const float2 lo = unpack(u.x), hi = unpack(u.y);
-    v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
+  static __device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
+    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = unpack(w[k]);
+      v[2 * k] = f.x;
+      v[2 * k + 1] = f.y;
+    }
   }
-  static __device__ __forceinline__ void store_unit(T* p, const float (&v)[kVec]) {
-    __stcs(reinterpret_cast<uint2*>(p), make_uint2(pack(v[0], v[1]), pack(v[2], v[3])));
+  static __device__ __forceinline__ void store8(T* p, const float (&v)[kVec]) {
+    __stcs(reinterpret_cast<uint4*>(p),
+           make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7])));
   }
   static __device__ __forceinline__ float load1(const T* p) {
     const unsigned short u = __ldcs(reinterpret_cast<const unsigned short*>(p));
@@ -122,11 +129,15 @@ struct BoundaryOp {
   bool nesterov;
   bool discard = false;  // set per thread by begin()
 
-  // Units per thread per tile: two keep 8 elements of every stream in flight
-  // per thread (16 to 32 bytes a stream), as many registers as the groups of 8
-  // this replaced; the probe (bench/cuda/stream_probe.cu) measured 1, 2 and 4
-  // units of float32 within 1% of each other on the H200.
-  static constexpr int kUnroll = 2;
+  // Bytes loaded per element: how many groups a thread keeps in flight.
+  static constexpr int kLoadBytes =
+      int{sizeof(P)} + (Cfg::has_anchor() ? int{sizeof(A)} : 0) +
+      (Cfg::has_momentum() ? int{sizeof(A)} : 0) + (Cfg::has_reduced() ? int{sizeof(F)} : 0) +
+      (Cfg::has_sent() ? int{sizeof(F)} : 0);
+  // Groups per thread per tile: one keeps 4 (all 16-bit) to 10 16-byte loads in
+  // flight per thread, enough with 3+ resident blocks; two cost registers (and
+  // occupancy) for no more bandwidth.
+  static constexpr int kUnroll = 1;
   // Elements per thread per tile on the misaligned path. Eight for the
   // 16-bit-only variants took them to 128 registers and spilled under the cap
   // of 2 blocks per SM (nvcc 13.0), so four for all.
@@ -158,7 +169,7 @@ struct BoundaryOp {
     C cfg;
     cfg.nesterov = nesterov;
     if (t.vec_ok) {
-      // Units start where every stream is aligned: at head (mod kVec).
+      // Groups start where every stream is aligned: at head (mod kVec).
       const int64_t skip = ((t.head - lo) % kVec + kVec) % kVec;
       const int64_t vs = min(hi, lo + skip);
       const int64_t groups = (hi - vs) / kVec;
@@ -198,14 +209,13 @@ struct BoundaryOp {
             C::has_out() ? q.o + e : nullptr};
   }
 
-  // Units [0, groups) of kVec elements from element vs, lanes on consecutive
-  // units, kUnroll per thread: every load of the tile is issued before the
-  // first use.
+  // Groups [0, groups) of kVec elements from element vs, kUnroll per thread:
+  // every load of the tile is issued before the first use.
   template <class C>
   __device__ __forceinline__ void vectors(const C& cfg, const Ptrs<P, A, F>& q, int64_t vs,
                                           int64_t groups) const {
     constexpr int U = kUnroll;
-    constexpr int kStride = kThreads * kVec;  // elements between a thread's units
+    constexpr int kStride = kThreads * kVec;  // elements between a thread's groups
     // Not unrolled further: the compiler's own unrolling of this loop only
     // costs registers (the loads of a tile are already independent).
 #pragma unroll 1
@@ -216,22 +226,22 @@ struct BoundaryOp {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (u * kThreads < left) {
-          Io<P>::load_unit(t.p + u * kStride, vp[u]);
-          if constexpr (C::has_anchor()) Io<A>::load_unit(t.a + u * kStride, va[u]);
-          if constexpr (C::has_momentum()) Io<A>::load_unit(t.m + u * kStride, vm[u]);
-          if constexpr (C::has_reduced() && !C::discard()) Io<F>::load_unit(t.r + u * kStride, vr[u]);
-          if constexpr (C::has_sent()) Io<F>::load_unit(t.s + u * kStride, vsn[u]);
+          Io<P>::load8(t.p + u * kStride, vp[u]);
+          if constexpr (C::has_anchor()) Io<A>::load8(t.a + u * kStride, va[u]);
+          if constexpr (C::has_momentum()) Io<A>::load8(t.m + u * kStride, vm[u]);
+          if constexpr (C::has_reduced() && !C::discard()) Io<F>::load8(t.r + u * kStride, vr[u]);
+          if constexpr (C::has_sent()) Io<F>::load8(t.s + u * kStride, vsn[u]);
         }
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (u * kThreads >= left) continue;
         apply(cfg, vp[u], va[u], vm[u], vr[u], vsn[u], vo[u]);
-        if constexpr (C::has_out()) Io<F>::store_unit(t.o + u * kStride, vo[u]);
-        if constexpr (C::has_sent()) Io<F>::store_unit(t.s + u * kStride, vsn[u]);
-        if constexpr (C::write_anchors()) Io<A>::store_unit(t.a + u * kStride, va[u]);
-        if constexpr (C::write_anchors() && C::has_momentum()) Io<A>::store_unit(t.m + u * kStride, vm[u]);
-        if constexpr (C::write_params()) Io<P>::store_unit(t.p + u * kStride, vp[u]);
+        if constexpr (C::has_out()) Io<F>::store8(t.o + u * kStride, vo[u]);
+        if constexpr (C::has_sent()) Io<F>::store8(t.s + u * kStride, vsn[u]);
+        if constexpr (C::write_anchors()) Io<A>::store8(t.a + u * kStride, va[u]);
+        if constexpr (C::write_anchors() && C::has_momentum()) Io<A>::store8(t.m + u * kStride, vm[u]);
+        if constexpr (C::write_params()) Io<P>::store8(t.p + u * kStride, vp[u]);
       }
     }
   }

@@ -45,12 +45,7 @@ namespace hpsgd {
 namespace cuda {
 
 constexpr int kMaxLists = 3;
-// Elements per vector unit: one 16-byte access of float32, 8 bytes of a 16-bit
-// type. A warp's lanes take consecutive units, so that each access of a warp
-// is one contiguous run (512 or 256 bytes): see [vector units] in
-// docs/kernel-notes.md (groups of 8 adjacent elements, lanes 32 bytes apart,
-// moved 73% of a copy's bandwidth on the H200; units of 4, 91%).
-constexpr int kVec = 4;
+constexpr int kVec = 8;  // elements per vector group: 16 bytes of a 16-bit type
 constexpr int kThreads = 256;
 // At least 2 resident blocks of 256 threads per SM: caps registers at 128 per
 // thread. With one group of every stream in flight per thread (4 to 10 16-byte
@@ -65,7 +60,7 @@ struct TensorMeta {
   void* list[kMaxLists];  // this tensor in each list stream (null when absent)
   int64_t numel;
   int64_t offset;  // index of element 0 in the flat streams
-  int32_t head;    // first element (mod kVec) at which every stream is aligned to a unit
+  int32_t head;    // first element (mod kVec) at which every stream is 16-byte aligned
   int32_t vec_ok;  // 0: the streams are misaligned relative to each other
 };
 
@@ -107,7 +102,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   }
 }
 
-inline bool aligned(uintptr_t addr, int64_t bytes) { return addr % bytes == 0; }
+inline bool aligned16(uintptr_t addr) { return addr % 16 == 0; }
 
 // The per-tensor metadata of a layout (host side, once per cached Plan).
 inline std::vector<TensorMeta> tensor_metas(const MultiTensorLayout& layout) {
@@ -118,21 +113,19 @@ inline std::vector<TensorMeta> tensor_metas(const MultiTensorLayout& layout) {
     std::memset(&m, 0, sizeof(m));
     m.numel = layout.numels[i];
     m.offset = layout.offsets[i];
-    // The head brings the first flat stream to a unit boundary (kVec elements);
-    // every other stream must then be at one too, or this tensor takes the
-    // misaligned path (coalesced and unrolled, one element per access).
-    const int64_t unit = kVec * layout.flat_elem;
+    // The head brings the first flat stream to a 16-byte boundary; every other
+    // stream must then be aligned too, or this tensor takes the misaligned
+    // path (coalesced and unrolled, one element per access).
     const auto flat0 =
         reinterpret_cast<uintptr_t>(layout.flats.at(0)) + m.offset * layout.flat_elem;
     bool ok = flat0 % layout.flat_elem == 0;
-    const int64_t head = ok ? static_cast<int64_t>((unit - flat0 % unit) % unit) / layout.flat_elem : 0;
+    const int64_t head = ok ? static_cast<int64_t>((16 - flat0 % 16) % 16) / layout.flat_elem : 0;
     for (const void* f : layout.flats)
-      ok = ok && aligned(reinterpret_cast<uintptr_t>(f) + (m.offset + head) * layout.flat_elem, unit);
+      ok = ok && aligned16(reinterpret_cast<uintptr_t>(f) + (m.offset + head) * layout.flat_elem);
     for (int k = 0; k < kMaxLists; ++k) {
       m.list[k] = layout.lists[i][k];
       if (m.list[k])
-        ok = ok && aligned(reinterpret_cast<uintptr_t>(m.list[k]) + head * layout.list_elem[k],
-                           kVec * layout.list_elem[k]);
+        ok = ok && aligned16(reinterpret_cast<uintptr_t>(m.list[k]) + head * layout.list_elem[k]);
     }
     m.head = static_cast<int32_t>(head);
     m.vec_ok = ok ? 1 : 0;
@@ -202,7 +195,7 @@ std::shared_ptr<const Launch> prepare_launch(const MultiTensorLayout& layout, in
   HPSGD_CUDA_CHECK(cudaStreamSynchronize(up));
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t wave = static_cast<int64_t>(sms) * blocks_per_sm<Op>();
-  const int64_t min_per_block = int64_t{kThreads} * kVec * 8;
+  const int64_t min_per_block = int64_t{kThreads} * kVec * 4;
   const int64_t grid = std::clamp<int64_t>((total + min_per_block - 1) / min_per_block, 1, wave);
   const int64_t span = ((total + grid - 1) / grid + kVec - 1) / kVec * kVec;
   l->span = span;
