@@ -28,6 +28,7 @@ from torch import nn
 from . import _C, ops
 from .comm import CommError, CommTimeoutError, Communicator
 from .emulation import EmulatedLink
+from .groups import handshake, private_group, resolve_group
 from .options import Options
 from .tracking import ChangeWatch, Registry, Tracked, check_owned, collect
 
@@ -52,13 +53,6 @@ class _Group:
         return [t.name for t in self.tracked]
 
 
-def _private_group(ranks: list[int], timeout: float) -> dist.ProcessGroup:
-    """A Gloo group of HPSGD's own over ``ranks``, created by its members only (no
-    world-wide collective that ranks outside it would have to join)."""
-    return dist.new_group(ranks=ranks, backend="gloo", timeout=_dt.timedelta(seconds=timeout),
-                          use_local_synchronization=True)
-
-
 class HPSGD:
     """Hierarchical parallel SGD as a post-step hook on ``optimizer``.
 
@@ -73,10 +67,12 @@ class HPSGD:
             Parameters with ``requires_grad=False`` are left alone.
         optimizer: the ``torch.optim.Optimizer`` stepping those parameters; its
             state stays local. One HPSGD per optimizer and per tensor.
-        process_group: the data-parallel group (default: the default group).
-            Rounds travel on channels of HPSGD's own over the same ranks, created
-            here, collectively, by the group's members: the user's own collectives
-            on this group never meet a round.
+        process_group: the data-parallel group (default: the default group); this
+            rank must belong to it. Rounds travel on channels of HPSGD's own over
+            the same ranks, created here, collectively, by the group's members
+            only: the user's own collectives on this group never meet a round.
+            Every rank of the group must pass a group of the same ranks; one that
+            does not join within ``timeout`` is a CommTimeoutError naming it.
         sync_every: ``"auto"`` (a window ends as soon as the previous reduction has
             completed) or an int H (a window is H step calls).
         replica: ``"keep"`` (the replica keeps its own in-flight progress; 16-bit
@@ -94,6 +90,12 @@ class HPSGD:
         grad_scaler: the ``torch.amp.GradScaler`` that steps ``optimizer``, if any: a
             step it skips (non-finite gradients on this rank) still counts toward a
             fixed window, so ranks whose scalers disagree stay in step.
+        mesh, dim: instead of ``process_group``, a ``DeviceMesh`` and the name or
+            index of the dimension HPSGD spans (``mesh.get_group(dim)``; ``dim`` may
+            be left out on a 1-D mesh). Hierarchical training: DDP or FSDP2 over the
+            other dimension, HPSGD across it (README, "Many nodes"). Parameters that
+            are DTensors (FSDP2) are synchronised as their local shards: rank i of
+            one group with rank i of the others.
     """
 
     def __init__(self, model_or_params: Union[nn.Module, Iterable[torch.Tensor]],
@@ -104,7 +106,9 @@ class HPSGD:
                  timeout: Union[_dt.timedelta, float] = _dt.timedelta(minutes=5),
                  communicator: Optional[Union[Communicator, EmulatedLink]] = None,
                  check_finite: bool = True, max_bad_rounds: int = 3,
-                 grad_scaler: Optional["torch.amp.GradScaler"] = None):
+                 grad_scaler: Optional["torch.amp.GradScaler"] = None,
+                 mesh: Optional["torch.distributed.device_mesh.DeviceMesh"] = None,
+                 dim: Optional[Union[str, int]] = None):
         self.closed = True  # until construction succeeds: close() is then a no-op
         self._ctrl = self._data_pg = None
         self._engine = None
@@ -120,22 +124,19 @@ class HPSGD:
         if communicator is not None and not isinstance(communicator, (Communicator, EmulatedLink)):
             raise TypeError(f"HPSGD: communicator is {type(communicator).__name__}; expected a "
                             "hpsgd_ext.Communicator, a hpsgd_ext.emulation.EmulatedLink or None")
-        if process_group is None:
-            if not dist.is_initialized():
-                raise RuntimeError("HPSGD: torch.distributed is not initialized; call "
-                                   "torch.distributed.init_process_group() first or pass process_group")
-            process_group = dist.group.WORLD
-        self.process_group = process_group
+        self.process_group = process_group = resolve_group(process_group, mesh, dim)
+        self.mesh, self.mesh_dim = mesh, dim
         self.optimizer = optimizer
         ranks = dist.get_process_group_ranks(process_group)
-        self._ctrl = _private_group(ranks, self.options.timeout)
+        handshake(ranks, self.options.timeout)
+        self._ctrl = private_group(ranks, self.options.timeout)
         self._own_comm = not isinstance(communicator, Communicator)
         self.comm = None
         try:
             self.rank, self.world_size = dist.get_rank(self._ctrl), dist.get_world_size(self._ctrl)
             tracked, frozen = self._agree_on_layout(model_or_params, optimizer)
             self.device = tracked[0].tensor.device
-            self._data_pg = _private_group(ranks, self.options.timeout)
+            self._data_pg = private_group(ranks, self.options.timeout)
             self._broadcast_from_rank0([t.tensor for t in tracked])
             if isinstance(communicator, Communicator):
                 self.comm = communicator

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -31,3 +33,52 @@ def ddp_inside_hpsgd_across(rank, world, sync_every, steps):
     return {"identical": same_on_every_rank(out, world), "rounds": st["rounds"],
             "max_diff": max((e - everyone[0]).abs().max().item() for e in everyone),
             "moved": (out - flat_params(make_model(seed=0))).abs().max().item()}
+
+
+def _try_build(**kw):
+    """(error type, message, seconds) of building an HPSGD over a fresh model;
+    type None when it was built (and is closed again)."""
+    model = make_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    t0 = time.monotonic()
+    try:
+        HPSGD(model, opt, sync_every=2, **kw).close()
+        return None, "", time.monotonic() - t0
+    except Exception as e:  # noqa: BLE001 - the test inspects it
+        return type(e).__name__, str(e), time.monotonic() - t0
+
+
+def mesh_arguments(rank, world):
+    """Every way of naming the ranks wrongly, on one rank (a 1x1 mesh)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("cross", "intra"))
+    cases = {"both": dict(process_group=dist.group.WORLD, mesh=mesh, dim="cross"),
+             "unknown_name": dict(mesh=mesh, dim="replicate"), "out_of_range": dict(mesh=mesh, dim=2),
+             "no_dim_2d": dict(mesh=mesh), "dim_alone": dict(dim="cross"), "not_a_mesh": dict(mesh="cross", dim=0),
+             "bad_dim_type": dict(mesh=mesh, dim=1.0),
+             "by_name": dict(mesh=mesh, dim="cross"), "by_index": dict(mesh=mesh, dim=1),
+             "one_dim": dict(mesh=mesh["intra"])}
+    return {name: _try_build(timeout=10, **kw)[:2] for name, kw in cases.items()}
+
+
+def not_a_member(rank, world):
+    """Rank 2 passes the group {0, 1}, which new_group handed it as NON_GROUP_MEMBER."""
+    group = dist.new_group([0, 1])
+    return _try_build(process_group=group, timeout=5)
+
+
+def disagreeing_groups(rank, world, case, timeout):
+    """``cycle`` (3 ranks): rank r passes {r, r+1 mod 3}; nobody's group can form.
+    ``wrong_dim`` (4 ranks, a 2x2 mesh): rank 1 passes its intra group {0, 1}
+    instead of its cross group {1, 3}; ranks 0 and 2 agree and build."""
+    if case == "cycle":
+        groups = [dist.new_group(sorted([r, (r + 1) % world])) for r in range(world)]
+        out = _try_build(process_group=groups[rank], timeout=timeout)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("cross", "intra"))
+        out = _try_build(mesh=mesh, dim="intra" if rank == 1 else "cross", timeout=timeout)
+    dist.barrier()  # rank 0 holds the store the others still read from
+    return out
