@@ -8,8 +8,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hpsgd_ext import HPSGD
 from hook_workers import flat_params, make_model, same_on_every_rank, train
+from hpsgd_ext import HPSGD
+from hpsgd_ext.reference import ReferenceHPSGD
 
 
 def ddp_inside_hpsgd_across(rank, world, sync_every, steps):
@@ -82,3 +83,44 @@ def disagreeing_groups(rank, world, case, timeout):
         out = _try_build(mesh=mesh, dim="intra" if rank == 1 else "cross", timeout=timeout)
     dist.barrier()  # rank 0 holds the store the others still read from
     return out
+
+
+def mesh_2x2():
+    """4 ranks as 2 "nodes" of 2: dim "intra" = the ranks of one node ({0,1},
+    {2,3}: DDP or FSDP2), dim "cross" = the same position on every node ({0,2},
+    {1,3}: HPSGD)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cpu", (2, 2), mesh_dim_names=("cross", "intra"))
+
+
+def node_data(rank):
+    """Each rank its own batches; DDP or FSDP2 averages them inside the node."""
+    return rank // 2 * 7 + rank % 2
+
+
+def ddp_inside_equals_reference(rank, world, replica, H, steps):
+    """DDP inside each node, then across nodes: HPSGD over the mesh dim, HPSGD over
+    the same ranks' process group, and ReferenceHPSGD (plain torch.distributed)
+    over that group, each from the same start on the same data."""
+    mesh = mesh_2x2()
+    intra, cross = mesh.get_group("intra"), mesh.get_group("cross")
+    out = {}
+    for impl in ("mesh", "group", "reference"):
+        model = DDP(make_model(seed=rank), process_group=intra)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        kw = dict(sync_every=H, replica=replica, outer_lr=0.8)
+        if impl == "mesh":
+            hp = HPSGD(model, opt, mesh=mesh, dim="cross", timeout=30, **kw)
+        elif impl == "group":
+            hp = HPSGD(model, opt, process_group=cross, timeout=30, **kw)
+        else:
+            hp = ReferenceHPSGD(model.parameters(), opt, group=cross, **kw)
+        train(model, opt, node_data(rank), steps)  # steps % H != 0: a partial final window
+        hp.synchronize()
+        out[impl] = flat_params(model.module)
+        hp.close()
+    return {"mesh_vs_group": (out["mesh"] - out["group"]).abs().max().item(),
+            "vs_reference": (out["mesh"] - out["reference"]).abs().max().item(),
+            "identical": same_on_every_rank(out["mesh"], world),
+            "moved": (out["mesh"] - flat_params(make_model(seed=0))).abs().max().item()}

@@ -66,3 +66,14 @@ def test_groups_that_disagree_raise_within_the_timeout(case, world, expected):
         assert kind == "CommTimeoutError", (r, kind, msg)
         assert "process_group" in msg and expected[r] in msg, (r, msg)
         assert timeout <= seconds < timeout + 2.0, (r, seconds)
+
+
+@pytest.mark.parametrize("replica", ["keep", "reset"])
+def test_ddp_inside_equals_reference_across_mesh_dim(replica):
+    """On a 2x2 mesh: HPSGD over dim "cross" of DDP-averaged steps equals
+    ReferenceHPSGD over the same ranks, and HPSGD over the group of those ranks bit
+    for bit; every rank ends with the same model."""
+    for v in values(run_ranks(W.ddp_inside_equals_reference, 4, replica, 3, 10, timeout=90)):
+        assert v["mesh_vs_group"] == 0.0, v
+        assert v["vs_reference"] <= 1e-6, v
+        assert v["identical"] and v["moved"] > 1e-3, v
