@@ -53,6 +53,12 @@ class _Group:
         return [t.name for t in self.tracked]
 
 
+def _describe(row) -> str:
+    """One row of the construction check's layout, for its error message."""
+    kind, name, shape, dtype, shard = row
+    return f"{kind} {name!r} of shape {list(shape)} and {dtype}" + (f" ({shard})" if shard else "")
+
+
 class HPSGD:
     """Hierarchical parallel SGD as a post-step hook on ``optimizer``.
 
@@ -135,9 +141,9 @@ class HPSGD:
         try:
             self.rank, self.world_size = dist.get_rank(self._ctrl), dist.get_world_size(self._ctrl)
             tracked, frozen = self._agree_on_layout(model_or_params, optimizer)
-            self.device = tracked[0].tensor.device
+            self.device = tracked[0].local.device
             self._data_pg = private_group(ranks, self.options.timeout)
-            self._broadcast_from_rank0([t.tensor for t in tracked])
+            self._broadcast_from_rank0([t.local for t in tracked])
             if isinstance(communicator, Communicator):
                 self.comm = communicator
             else:
@@ -183,14 +189,14 @@ class HPSGD:
             tracked, frozen = collect(model_or_params, self.options.sync_buffers)
             check_owned(tracked, optimizer)
             _REGISTRY.check(self, optimizer, tracked)
-            devices = {t.tensor.device for t in tracked}
+            devices = {t.local.device for t in tracked}
             if len(devices) > 1:
                 raise ValueError(f"HPSGD: parameters are on {sorted(map(str, devices))}; expected one "
                                  "device per rank")
         except (TypeError, ValueError) as e:
             problem = (type(e).__name__, str(e))
         mine = {"problem": problem, "options": self.options.as_state(self.world_size),
-                "layout": [(t.kind, t.name, tuple(t.tensor.shape), str(t.tensor.dtype)) for t in tracked]}
+                "layout": [(t.kind, t.name, tuple(t.local.shape), str(t.local.dtype), t.shard) for t in tracked]}
         everyone: list = [None] * self.world_size
         self._ctrl_collective("checking the model and options", dist.all_gather_object, everyone, mine)
         for r, other in enumerate(everyone):
@@ -207,9 +213,9 @@ class HPSGD:
             a, b = ref["layout"], other["layout"]
             for i, (x, y) in enumerate(zip(a, b)):
                 if x != y:
-                    raise ValueError(f"HPSGD: tensor {i} is {y[0]} {y[1]!r} of shape {list(y[2])} and {y[3]} on "
-                                     f"rank {r} but {x[0]} {x[1]!r} of shape {list(x[2])} and {x[3]} on rank 0; "
-                                     "expected the same model on every rank")
+                    raise ValueError(f"HPSGD: tensor {i} is {_describe(y)} on rank {r} but {_describe(x)} on "
+                                     "rank 0; expected the same model on every rank (with sharded parameters: "
+                                     "the same shard)")
             if len(a) != len(b):
                 raise ValueError(f"HPSGD: rank {r} synchronises {len(b)} tensors but rank 0 synchronises "
                                  f"{len(a)}; expected the same model on every rank")
@@ -237,13 +243,13 @@ class HPSGD:
         plain average: no outer step."""
         buckets: dict[tuple[str, torch.dtype], list[Tracked]] = {}
         for t in tracked:
-            buckets.setdefault((t.kind, t.tensor.dtype), []).append(t)
+            buckets.setdefault((t.kind, t.local.dtype), []).append(t)
         o = self.options
         groups, specs = [], []
         for (kind, dtype), items in buckets.items():
             is_param = kind == "param"
             groups.append(_Group(kind=kind, index=len(groups), tracked=items))
-            specs.append(([t.tensor for t in items], o.comm_dtype or dtype, o.outer_lr if is_param else 1.0,
+            specs.append(([t.local for t in items], o.comm_dtype or dtype, o.outer_lr if is_param else 1.0,
                           o.outer_momentum if is_param else 0.0, o.nesterov and is_param))
         return groups, specs
 
@@ -310,10 +316,10 @@ class HPSGD:
         self._watch.check_layout()
         moved = [(g, i, t, now) for g in self.groups for i, t in enumerate(g.tracked)
                  if (now := ChangeWatch.replacement(t)) is not None]
-        for g, i, t, now in moved:
+        for g, i, t, (now, local) in moved:
             _REGISTRY.remove(self, None, [t.tensor])
-            t.tensor = now
-            self._engine.replace_live(g.index, i, now)
+            t.tensor, t.local = now, local
+            self._engine.replace_live(g.index, i, local)
             if self.attached:
                 _REGISTRY.add(self, self.optimizer, [now])
 

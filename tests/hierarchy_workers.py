@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import time
 
 import torch
@@ -124,3 +126,81 @@ def ddp_inside_equals_reference(rank, world, replica, H, steps):
             "vs_reference": (out["mesh"] - out["reference"]).abs().max().item(),
             "identical": same_on_every_rank(out["mesh"], world),
             "moved": (out["mesh"] - flat_params(make_model(seed=0))).abs().max().item()}
+
+
+def _gathered(model) -> torch.Tensor:
+    """Every parameter in full (FSDP2's shards all-gathered), flat, in order."""
+    from torch.distributed.tensor import DTensor
+
+    return torch.cat([(p.full_tensor() if isinstance(p, DTensor) else p).detach().reshape(-1)
+                      for p in model.parameters()])
+
+
+def _round_trip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def sharded_inside(rank, world, inside, replica, H, steps):
+    """DDP or FSDP2 (``inside``) over dim "intra" of a 2x2 mesh, HPSGD over dim
+    "cross", and a checkpoint mid-window: ``steps`` steps, HPSGD's and the
+    optimizer's state saved, ``steps`` more, synchronize() -> ``first``; then
+    HPSGD closed, a new one built over the same model, both states loaded, the
+    same ``steps`` again -> ``resumed``. Same start (seed 0) and data either way."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = mesh_2x2()
+    model = make_model(seed=0)
+    if inside == "fsdp":
+        fully_shard(model[0], mesh=mesh["intra"])
+        fully_shard(model, mesh=mesh["intra"])
+        net = model
+    else:
+        net = DDP(model, process_group=mesh.get_group("intra"))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    kw = dict(mesh=mesh, dim="cross", sync_every=H, replica=replica, timeout=30)
+    hp = HPSGD(net, opt, **kw)
+    train(net, opt, node_data(rank), steps)
+    state, opt_state = _round_trip(hp.state_dict()), copy.deepcopy(opt.state_dict())
+    train(net, opt, node_data(rank), steps, start=steps)
+    hp.synchronize()
+    first = _gathered(model)
+    hp.close()
+    opt.load_state_dict(opt_state)
+    hp = HPSGD(net, opt, **kw)  # broadcasts rank 0's replica; the state restores this rank's
+    hp.load_state_dict(state)
+    train(net, opt, node_data(rank), steps, start=steps)
+    hp.synchronize()
+    resumed = _gathered(model)
+    shards = [(type(p).__name__, tuple(t.shape)) for p, t in zip(net.parameters(), hp._engine.live(0))]
+    hp.close()
+    return {"first": first.tolist(), "resumed": resumed.tolist(), "identical": same_on_every_rank(first, world),
+            "shards": shards}
+
+
+def dtensor_local_swapped(rank, world):
+    """FSDP2 may give a DTensor parameter another local tensor (its
+    reset_sharded_param assigns ``_local_tensor`` after ``model.to()`` or a
+    ``load_state_dict`` before the first forward); done here by hand: HPSGD must
+    follow the new local tensor."""
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("intra",))
+    model = nn.Module()
+    model.w = nn.Parameter(DTensor.from_local(torch.randn(4, 3), mesh, [Shard(0)]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hp = HPSGD(model, opt, sync_every=1, timeout=10)
+
+    def step():
+        opt.zero_grad()
+        (model.w * model.w).sum().backward()
+        opt.step()
+
+    step()
+    model.w._local_tensor = model.w._local_tensor.clone()
+    step()
+    return {"followed": hp._engine.live(0)[0].data_ptr() == model.w.to_local().data_ptr()}

@@ -5,6 +5,7 @@ here (a world-wide new_group that ranks called with different members)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import hierarchy_workers as W
 from dist_utils import run_ranks, values
@@ -77,3 +78,29 @@ def test_ddp_inside_equals_reference_across_mesh_dim(replica):
         assert v["mesh_vs_group"] == 0.0, v
         assert v["vs_reference"] <= 1e-6, v
         assert v["identical"] and v["moved"] > 1e-3, v
+
+
+@pytest.mark.parametrize("replica", ["keep", "reset"])
+def test_fsdp2_inside_hpsgd_across_equals_ddp_inside_and_resumes(replica):
+    """FSDP2 over dim "intra", HPSGD over dim "cross" on the local shards (rank i of
+    one node with rank i of the other): the gathered model equals DDP inside +
+    HPSGD across on the same data, every rank agrees, and a mid-window checkpoint
+    of HPSGD and the optimizer resumes to the same model bit for bit."""
+    H, steps = 3, 7
+    fsdp = values(run_ranks(W.sharded_inside, 4, "fsdp", replica, H, steps, timeout=90))
+    ddp = values(run_ranks(W.sharded_inside, 4, "ddp", replica, H, steps, timeout=90))
+    for r, (f, d) in enumerate(zip(fsdp, ddp)):
+        f0 = torch.tensor(fsdp[0]["first"])
+        f, d = ({k: torch.tensor(v) if k in ("first", "resumed") else v for k, v in x.items()} for x in (f, d))
+        # the engine holds the local shards (rows split 8+8 and 2+1 over a node)
+        assert f["shards"] == [("DTensor", (8, 8)), ("DTensor", (8,)), ("DTensor", (2 - r % 2, 16)),
+                               ("DTensor", (2 - r % 2,))], f["shards"]
+        assert f["identical"] and d["identical"]
+        assert (f["first"] - d["first"]).abs().max().item() <= 1e-6, r
+        assert torch.equal(f["resumed"], f["first"]) and torch.equal(d["resumed"], d["first"]), r
+        assert torch.equal(f["first"], f0)
+
+
+def test_dtensor_parameter_whose_local_tensor_moves_is_followed():
+    v = values(run_ranks(W.dtensor_local_swapped, 1, timeout=60))[0]
+    assert v["followed"], v
