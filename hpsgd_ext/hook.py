@@ -164,6 +164,7 @@ class HPSGD:
                 self.comm.close()
             self._destroy_groups()
             raise
+        self._memory = self._extra_bytes()
         self._watch = ChangeWatch(tracked, frozen, optimizer,
                                   model_or_params if isinstance(model_or_params, nn.Module) else None)
         self._hook_calls = 0
@@ -467,13 +468,36 @@ class HPSGD:
         comm_seconds, bytes_reduced, skipped_rounds, consecutive_bad_rounds, the
         communicator's counters, ``closed``, and in auto mode the window sizing
         (min_window, step_seconds, round_cost_seconds; docs/round-protocol.md,
-        "Auto window"). Works after close() too (the last values)."""
+        "Auto window"). Memory: ``extra_bytes`` (HPSGD's own buffers on this rank's
+        device), ``extra_bytes_per_param`` (per synchronised element; float32
+        parameters, float32 wire, "keep": 16 = anchor 4 + two flats 2x4 + sent 4,
+        plus a few flag slots) and ``extra_bytes_by_buffer`` (anchors, flats, sent,
+        momenta). Works after close() too (the last values)."""
         if self.closed:
             if self._final is None:
                 raise RuntimeError("HPSGD.stats: this HPSGD was never built")
             return dict(self._final)
         self._call(self._engine.poll_verdicts)
         return self._snapshot()
+
+    def _extra_bytes(self) -> dict:
+        """The memory HPSGD adds to the model, from the engine's own buffers (all
+        allocated at construction, never grown): float32 anchors (the global model),
+        two flat wire buffers (the round being filled and the one in flight, each
+        with one flag slot per rank), ``sent`` ("keep"), the outer momenta. The
+        transport's own scratch (Gloo's, NCCL's channels) is not counted."""
+        eng = self._engine
+        by = {"anchors": 0, "flats": 0, "sent": 0, "momenta": 0}
+        numel = 0
+        for g in self.groups:
+            k = g.index
+            numel += sum(t.numel() for t in eng.live(k))
+            sent = eng.sent(k)
+            for name, bufs in (("anchors", eng.anchors(k)), ("flats", [eng.flat(k, 0), eng.flat(k, 1)]),
+                               ("sent", [] if sent is None else [sent]), ("momenta", eng.momenta(k))):
+                by[name] += sum(b.numel() * b.element_size() for b in bufs)
+        total = sum(by.values())
+        return {"extra_bytes": total, "extra_bytes_per_param": total / numel, "extra_bytes_by_buffer": by}
 
     def _snapshot(self) -> dict:
         c = self._engine.counters()
@@ -483,6 +507,7 @@ class HPSGD:
         calls = s["local_steps"] + s["skipped_steps"]
         s["steps_per_round"] = calls / s["rounds"] if s["rounds"] else 0.0
         s["comm"] = self.comm.stats()
+        s.update(self._memory, extra_bytes_by_buffer=dict(self._memory["extra_bytes_by_buffer"]))
         s["closed"] = False
         return s
 
