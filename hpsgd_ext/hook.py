@@ -28,6 +28,7 @@ from torch import nn
 from . import _C, ops
 from .comm import CommError, CommTimeoutError, Communicator
 from .emulation import EmulatedLink
+from .groups import handshake, private_group, resolve_group
 from .options import Options
 from .tracking import ChangeWatch, Registry, Tracked, check_owned, collect
 
@@ -52,11 +53,10 @@ class _Group:
         return [t.name for t in self.tracked]
 
 
-def _private_group(ranks: list[int], timeout: float) -> dist.ProcessGroup:
-    """A Gloo group of HPSGD's own over ``ranks``, created by its members only (no
-    world-wide collective that ranks outside it would have to join)."""
-    return dist.new_group(ranks=ranks, backend="gloo", timeout=_dt.timedelta(seconds=timeout),
-                          use_local_synchronization=True)
+def _describe(row) -> str:
+    """One row of the construction check's layout, for its error message."""
+    kind, name, shape, dtype, shard = row
+    return f"{kind} {name!r} of shape {list(shape)} and {dtype}" + (f" ({shard})" if shard else "")
 
 
 class HPSGD:
@@ -73,10 +73,12 @@ class HPSGD:
             Parameters with ``requires_grad=False`` are left alone.
         optimizer: the ``torch.optim.Optimizer`` stepping those parameters; its
             state stays local. One HPSGD per optimizer and per tensor.
-        process_group: the data-parallel group (default: the default group).
-            Rounds travel on channels of HPSGD's own over the same ranks, created
-            here, collectively, by the group's members: the user's own collectives
-            on this group never meet a round.
+        process_group: the data-parallel group (default: the default group); this
+            rank must belong to it. Rounds travel on channels of HPSGD's own over
+            the same ranks, created here, collectively, by the group's members
+            only: the user's own collectives on this group never meet a round.
+            Every rank of the group must pass a group of the same ranks; one that
+            does not join within ``timeout`` is a CommTimeoutError naming it.
         sync_every: ``"auto"`` (a window ends as soon as the previous reduction has
             completed) or an int H (a window is H step calls).
         replica: ``"keep"`` (the replica keeps its own in-flight progress; 16-bit
@@ -94,6 +96,12 @@ class HPSGD:
         grad_scaler: the ``torch.amp.GradScaler`` that steps ``optimizer``, if any: a
             step it skips (non-finite gradients on this rank) still counts toward a
             fixed window, so ranks whose scalers disagree stay in step.
+        mesh, dim: instead of ``process_group``, a ``DeviceMesh`` and the name or
+            index of the dimension HPSGD spans (``mesh.get_group(dim)``; ``dim`` may
+            be left out on a 1-D mesh). Hierarchical training: DDP or FSDP2 over the
+            other dimension, HPSGD across it (README, "Many nodes"). Parameters that
+            are DTensors (FSDP2) are synchronised as their local shards: rank i of
+            one group with rank i of the others.
     """
 
     def __init__(self, model_or_params: Union[nn.Module, Iterable[torch.Tensor]],
@@ -104,7 +112,9 @@ class HPSGD:
                  timeout: Union[_dt.timedelta, float] = _dt.timedelta(minutes=5),
                  communicator: Optional[Union[Communicator, EmulatedLink]] = None,
                  check_finite: bool = True, max_bad_rounds: int = 3,
-                 grad_scaler: Optional["torch.amp.GradScaler"] = None):
+                 grad_scaler: Optional["torch.amp.GradScaler"] = None,
+                 mesh: Optional["torch.distributed.device_mesh.DeviceMesh"] = None,
+                 dim: Optional[Union[str, int]] = None):
         self.closed = True  # until construction succeeds: close() is then a no-op
         self._ctrl = self._data_pg = None
         self._engine = None
@@ -120,23 +130,20 @@ class HPSGD:
         if communicator is not None and not isinstance(communicator, (Communicator, EmulatedLink)):
             raise TypeError(f"HPSGD: communicator is {type(communicator).__name__}; expected a "
                             "hpsgd_ext.Communicator, a hpsgd_ext.emulation.EmulatedLink or None")
-        if process_group is None:
-            if not dist.is_initialized():
-                raise RuntimeError("HPSGD: torch.distributed is not initialized; call "
-                                   "torch.distributed.init_process_group() first or pass process_group")
-            process_group = dist.group.WORLD
-        self.process_group = process_group
+        self.process_group = process_group = resolve_group(process_group, mesh, dim)
+        self.mesh, self.mesh_dim = mesh, dim
         self.optimizer = optimizer
         ranks = dist.get_process_group_ranks(process_group)
-        self._ctrl = _private_group(ranks, self.options.timeout)
+        handshake(ranks, self.options.timeout)
+        self._ctrl = private_group(ranks, self.options.timeout)
         self._own_comm = not isinstance(communicator, Communicator)
         self.comm = None
         try:
             self.rank, self.world_size = dist.get_rank(self._ctrl), dist.get_world_size(self._ctrl)
             tracked, frozen = self._agree_on_layout(model_or_params, optimizer)
-            self.device = tracked[0].tensor.device
-            self._data_pg = _private_group(ranks, self.options.timeout)
-            self._broadcast_from_rank0([t.tensor for t in tracked])
+            self.device = tracked[0].local.device
+            self._data_pg = private_group(ranks, self.options.timeout)
+            self._broadcast_from_rank0([t.local for t in tracked])
             if isinstance(communicator, Communicator):
                 self.comm = communicator
             else:
@@ -157,6 +164,7 @@ class HPSGD:
                 self.comm.close()
             self._destroy_groups()
             raise
+        self._memory = self._extra_bytes()
         self._watch = ChangeWatch(tracked, frozen, optimizer,
                                   model_or_params if isinstance(model_or_params, nn.Module) else None)
         self._hook_calls = 0
@@ -182,14 +190,14 @@ class HPSGD:
             tracked, frozen = collect(model_or_params, self.options.sync_buffers)
             check_owned(tracked, optimizer)
             _REGISTRY.check(self, optimizer, tracked)
-            devices = {t.tensor.device for t in tracked}
+            devices = {t.local.device for t in tracked}
             if len(devices) > 1:
                 raise ValueError(f"HPSGD: parameters are on {sorted(map(str, devices))}; expected one "
                                  "device per rank")
         except (TypeError, ValueError) as e:
             problem = (type(e).__name__, str(e))
         mine = {"problem": problem, "options": self.options.as_state(self.world_size),
-                "layout": [(t.kind, t.name, tuple(t.tensor.shape), str(t.tensor.dtype)) for t in tracked]}
+                "layout": [(t.kind, t.name, tuple(t.local.shape), str(t.local.dtype), t.shard) for t in tracked]}
         everyone: list = [None] * self.world_size
         self._ctrl_collective("checking the model and options", dist.all_gather_object, everyone, mine)
         for r, other in enumerate(everyone):
@@ -206,9 +214,9 @@ class HPSGD:
             a, b = ref["layout"], other["layout"]
             for i, (x, y) in enumerate(zip(a, b)):
                 if x != y:
-                    raise ValueError(f"HPSGD: tensor {i} is {y[0]} {y[1]!r} of shape {list(y[2])} and {y[3]} on "
-                                     f"rank {r} but {x[0]} {x[1]!r} of shape {list(x[2])} and {x[3]} on rank 0; "
-                                     "expected the same model on every rank")
+                    raise ValueError(f"HPSGD: tensor {i} is {_describe(y)} on rank {r} but {_describe(x)} on "
+                                     "rank 0; expected the same model on every rank (with sharded parameters: "
+                                     "the same shard)")
             if len(a) != len(b):
                 raise ValueError(f"HPSGD: rank {r} synchronises {len(b)} tensors but rank 0 synchronises "
                                  f"{len(a)}; expected the same model on every rank")
@@ -236,13 +244,13 @@ class HPSGD:
         plain average: no outer step."""
         buckets: dict[tuple[str, torch.dtype], list[Tracked]] = {}
         for t in tracked:
-            buckets.setdefault((t.kind, t.tensor.dtype), []).append(t)
+            buckets.setdefault((t.kind, t.local.dtype), []).append(t)
         o = self.options
         groups, specs = [], []
         for (kind, dtype), items in buckets.items():
             is_param = kind == "param"
             groups.append(_Group(kind=kind, index=len(groups), tracked=items))
-            specs.append(([t.tensor for t in items], o.comm_dtype or dtype, o.outer_lr if is_param else 1.0,
+            specs.append(([t.local for t in items], o.comm_dtype or dtype, o.outer_lr if is_param else 1.0,
                           o.outer_momentum if is_param else 0.0, o.nesterov and is_param))
         return groups, specs
 
@@ -309,10 +317,10 @@ class HPSGD:
         self._watch.check_layout()
         moved = [(g, i, t, now) for g in self.groups for i, t in enumerate(g.tracked)
                  if (now := ChangeWatch.replacement(t)) is not None]
-        for g, i, t, now in moved:
+        for g, i, t, (now, local) in moved:
             _REGISTRY.remove(self, None, [t.tensor])
-            t.tensor = now
-            self._engine.replace_live(g.index, i, now)
+            t.tensor, t.local = now, local
+            self._engine.replace_live(g.index, i, local)
             if self.attached:
                 _REGISTRY.add(self, self.optimizer, [now])
 
@@ -460,13 +468,36 @@ class HPSGD:
         comm_seconds, bytes_reduced, skipped_rounds, consecutive_bad_rounds, the
         communicator's counters, ``closed``, and in auto mode the window sizing
         (min_window, step_seconds, round_cost_seconds; docs/round-protocol.md,
-        "Auto window"). Works after close() too (the last values)."""
+        "Auto window"). Memory: ``extra_bytes`` (HPSGD's own buffers on this rank's
+        device), ``extra_bytes_per_param`` (per synchronised element; float32
+        parameters, float32 wire, "keep": 16 = anchor 4 + two flats 2x4 + sent 4,
+        plus a few flag slots) and ``extra_bytes_by_buffer`` (anchors, flats, sent,
+        momenta). Works after close() too (the last values)."""
         if self.closed:
             if self._final is None:
                 raise RuntimeError("HPSGD.stats: this HPSGD was never built")
             return dict(self._final)
         self._call(self._engine.poll_verdicts)
         return self._snapshot()
+
+    def _extra_bytes(self) -> dict:
+        """The memory HPSGD adds to the model, from the engine's own buffers (all
+        allocated at construction, never grown): float32 anchors (the global model),
+        two flat wire buffers (the round being filled and the one in flight, each
+        with one flag slot per rank), ``sent`` ("keep"), the outer momenta. The
+        transport's own scratch (Gloo's, NCCL's channels) is not counted."""
+        eng = self._engine
+        by = {"anchors": 0, "flats": 0, "sent": 0, "momenta": 0}
+        numel = 0
+        for g in self.groups:
+            k = g.index
+            numel += sum(t.numel() for t in eng.live(k))
+            sent = eng.sent(k)
+            for name, bufs in (("anchors", eng.anchors(k)), ("flats", [eng.flat(k, 0), eng.flat(k, 1)]),
+                               ("sent", [] if sent is None else [sent]), ("momenta", eng.momenta(k))):
+                by[name] += sum(b.numel() * b.element_size() for b in bufs)
+        total = sum(by.values())
+        return {"extra_bytes": total, "extra_bytes_per_param": total / numel, "extra_bytes_by_buffer": by}
 
     def _snapshot(self) -> dict:
         c = self._engine.counters()
@@ -476,6 +507,7 @@ class HPSGD:
         calls = s["local_steps"] + s["skipped_steps"]
         s["steps_per_round"] = calls / s["rounds"] if s["rounds"] else 0.0
         s["comm"] = self.comm.stats()
+        s.update(self._memory, extra_bytes_by_buffer=dict(self._memory["extra_bytes_by_buffer"]))
         s["closed"] = False
         return s
 

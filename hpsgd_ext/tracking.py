@@ -12,6 +12,13 @@ in ordinary training code, and what HPSGD does about it at the next boundary
 * anything that changes the layout (a frozen parameter unfrozen, a parameter
   group added to the optimizer, a tracked tensor replaced by one of another
   shape or dtype): a RuntimeError naming the tensor.
+
+A DTensor parameter (FSDP2's, or a tensor-parallel one) is synchronised as its
+local shard: HPSGD reads and writes a view of the DTensor's own local storage, so
+rank i of one group averages its shard with rank i of the others, and FSDP2 sees
+HPSGD's writes at its next all-gather. FSDP2 may give the DTensor another local
+tensor (after ``model.to()`` or a ``load_state_dict`` before the first forward):
+followed like an out-of-place replacement.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Iterable, Optional, Union
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 __all__ = ["Tracked", "collect", "Registry"]
 
@@ -30,13 +38,44 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 @dataclass
 class Tracked:
-    """One synchronised tensor: its kind and name, and where the model holds it
-    (the module's ``_parameters``/``_buffers`` dict and key), if it came from one."""
+    """One synchronised tensor: its kind and name, the object the model and the
+    optimizer hold (``tensor``; a DTensor for FSDP2), the plain tensor HPSGD reads
+    and writes (``local``: ``tensor`` itself, or the DTensor's local shard), and
+    where the model holds it (the module's ``_parameters``/``_buffers`` dict and
+    key), if it came from one."""
     kind: str
     name: str
     tensor: torch.Tensor
     holder: Optional[dict] = None
     key: Optional[str] = None
+    local: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.local is None:
+            self.local = local_view(self.tensor)
+
+    @property
+    def shard(self) -> Optional[str]:
+        """Which shard ``local`` is, for a DTensor (None otherwise): the ranks HPSGD
+        averages must hold the same shard."""
+        t = self.tensor
+        if not isinstance(t, DTensor):
+            return None
+        return (f"local shard at {tuple(t.device_mesh.get_coordinate())} of {tuple(t.placements)} on a mesh "
+                f"of shape {tuple(t.device_mesh.shape)}")
+
+
+def local_view(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or for a DTensor its local shard: a view of the DTensor's own
+    storage, so in-place writes to it are writes to the DTensor."""
+    if isinstance(t, DTensor):
+        with torch.no_grad():
+            return t.to_local().detach()
+    return t
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _named(module: nn.Module, what: str):
@@ -79,7 +118,7 @@ def collect(model_or_params: Union[nn.Module, Iterable[torch.Tensor]], sync_buff
     if not tracked:
         raise ValueError("HPSGD: nothing to synchronise (no parameter requires grad)")
     for t in tracked:
-        check_tensor(t.kind, t.name, t.tensor)
+        check_tensor(t.kind, t.name, t.local)
     return tracked, frozen
 
 
@@ -177,22 +216,28 @@ class ChangeWatch:
         return f"a parameter of shape {list(t.shape)}"
 
     @staticmethod
-    def replacement(t: Tracked) -> Optional[torch.Tensor]:
-        """The tensor the model now holds in ``t``'s place, when it is another one.
-        Raises when the replacement would change the layout."""
-        if t.holder is None:
+    def replacement(t: Tracked) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(object, local tensor) the model now holds in ``t``'s place, when either
+        is another one. Raises when the replacement would change the layout."""
+        now = t.tensor if t.holder is None else t.holder.get(t.key)
+        if isinstance(t.tensor, DTensor) and now is not None and not isinstance(now, DTensor):
+            # FSDP2 registers the unsharded parameter while it is gathered (a
+            # step under set_reshard_after_backward(False)): the DTensor is
+            # still the parameter the optimizer steps.
+            now = t.tensor
+        if now is t.tensor and not isinstance(now, DTensor):
             return None
-        now = t.holder.get(t.key)
-        if now is t.tensor:
+        local = None if now is None else local_view(now)
+        if now is t.tensor and _same_view(local, t.local):
             return None
-        old = t.tensor
-        if now is None or now.shape != old.shape or now.dtype != old.dtype or now.device != old.device \
-                or not now.is_contiguous():
+        old = t.local
+        if now is None or local.shape != old.shape or local.dtype != old.dtype or local.device != old.device \
+                or not local.is_contiguous():
             what = "was removed" if now is None else \
-                f"was replaced by a {now.dtype} tensor of shape {list(now.shape)} on {now.device}"
+                f"was replaced by a {local.dtype} tensor of shape {list(local.shape)} on {local.device}"
             raise RuntimeError(_changed(f"{t.kind} {t.name!r} {what} (it was {old.dtype} "
                                         f"{list(old.shape)} on {old.device})"))
-        return now
+        return now, local
 
 
 def _changed(what: str) -> str:

@@ -80,6 +80,32 @@ def test_fixed_window_counts_and_stats():
     assert not opt._optimizer_step_post_hooks  # close() removed the hook
 
 
+@pytest.mark.parametrize("dtype,comm_dtype,replica,outer_momentum,per_param", [
+    # anchor (always float32) + two flats and `sent` ("keep") in the wire dtype + outer momentum (float32)
+    (torch.float32, None, "keep", 0.0, 4 + 2 * 4 + 4),
+    (torch.float32, None, "reset", 0.0, 4 + 2 * 4),
+    (torch.float32, None, "keep", 0.9, 4 + 2 * 4 + 4 + 4),
+    (torch.float32, torch.bfloat16, "keep", 0.0, 4 + 2 * 2 + 2),
+    (torch.bfloat16, None, "keep", 0.0, 4 + 2 * 2 + 2),
+    (torch.bfloat16, torch.float32, "reset", 0.9, 4 + 2 * 4 + 4),
+])
+def test_extra_bytes_per_param(dtype, comm_dtype, replica, outer_momentum, per_param):
+    m, _ = model_opt()
+    m = m.to(dtype)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    n = sum(p.numel() for p in m.parameters())
+    wire = (comm_dtype or dtype).itemsize
+    with HPSGD(m, opt, sync_every=2, replica=replica, comm_dtype=comm_dtype, outer_momentum=outer_momentum) as hp:
+        st = hp.stats()
+    flags = 2 * 1 * wire  # one flag slot per rank (a world of one) in each of the two flats
+    assert st["extra_bytes"] == n * per_param + flags, st
+    assert st["extra_bytes_per_param"] == pytest.approx(per_param + flags / n)
+    by = st["extra_bytes_by_buffer"]
+    assert by == {"anchors": 4 * n, "flats": 2 * (n + 1) * wire, "sent": n * wire if replica == "keep" else 0,
+                  "momenta": 4 * n if outer_momentum else 0}
+    assert hp.stats()["extra_bytes"] == st["extra_bytes"]  # after close(): the last values
+
+
 def test_frozen_parameters_left_alone_and_buffers_synced():
     m, opt = model_opt(bn=True)
     m[0].weight.requires_grad_(False)
