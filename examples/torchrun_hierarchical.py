@@ -66,7 +66,9 @@ def main() -> int:
         net = DDP(model, process_group=mesh.get_group("intra"),
                   device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    hp = hpsgd_ext.HPSGD(net, opt, mesh=mesh, dim="cross")  # after fully_shard / DDP
+    # After fully_shard / DDP. A fixed window: every cross group then closes its rounds at
+    # the same steps, so a node's replicas stay bit-identical (README, "Many nodes").
+    hp = hpsgd_ext.HPSGD(net, opt, mesh=mesh, dim="cross", sync_every=4)
 
     gen = torch.Generator().manual_seed(1000 + rank)  # each rank its own data
     for step in range(args.steps):

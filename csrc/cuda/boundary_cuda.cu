@@ -129,11 +129,6 @@ struct BoundaryOp {
   bool nesterov;
   bool discard = false;  // set per thread by begin()
 
-  // Bytes loaded per element: how many groups a thread keeps in flight.
-  static constexpr int kLoadBytes =
-      int{sizeof(P)} + (Cfg::has_anchor() ? int{sizeof(A)} : 0) +
-      (Cfg::has_momentum() ? int{sizeof(A)} : 0) + (Cfg::has_reduced() ? int{sizeof(F)} : 0) +
-      (Cfg::has_sent() ? int{sizeof(F)} : 0);
   // Groups per thread per tile: one keeps 4 (all 16-bit) to 10 16-byte loads in
   // flight per thread, enough with 3+ resident blocks; two cost registers (and
   // occupancy) for no more bandwidth.
