@@ -30,7 +30,7 @@ from .comm import CommError, CommTimeoutError, Communicator
 from .emulation import EmulatedLink
 from .groups import handshake, private_group, resolve_group
 from .options import Options
-from .tracking import ChangeWatch, Registry, Tracked, check_owned, collect
+from .tracking import ChangeWatch, Registry, Tracked, check_owned, collect, split_fragments
 
 __all__ = ["HPSGD"]
 
@@ -47,6 +47,7 @@ class _Group:
     kind: str
     index: int
     tracked: list[Tracked]
+    fragment: int = 0
 
     @property
     def names(self) -> list[str]:
@@ -102,6 +103,12 @@ class HPSGD:
             other dimension, HPSGD across it (README, "Many nodes"). Parameters that
             are DTensors (FSDP2) are synchronised as their local shards: rank i of
             one group with rank i of the others.
+        fragments: streaming rounds (Streaming DiLoCo's schedule with HPSGD's
+            overlap): the tensors, in model order, form this many fragments of
+            similar size, and each boundary closes one fragment's window in
+            rotation, so a fragment's window spans ``fragments`` boundaries, the
+            flat buffers hold one fragment and the network sees smaller rounds.
+            docs/round-protocol.md, "Fragments".
     """
 
     def __init__(self, model_or_params: Union[nn.Module, Iterable[torch.Tensor]],
@@ -114,7 +121,7 @@ class HPSGD:
                  check_finite: bool = True, max_bad_rounds: int = 3,
                  grad_scaler: Optional["torch.amp.GradScaler"] = None,
                  mesh: Optional["torch.distributed.device_mesh.DeviceMesh"] = None,
-                 dim: Optional[Union[str, int]] = None):
+                 dim: Optional[Union[str, int]] = None, fragments: int = 1):
         self.closed = True  # until construction succeeds: close() is then a no-op
         self._ctrl = self._data_pg = None
         self._engine = None
@@ -123,7 +130,7 @@ class HPSGD:
         self.options = Options.make(sync_every=sync_every, replica=replica, comm_dtype=comm_dtype,
                                     outer_lr=outer_lr, outer_momentum=outer_momentum, nesterov=nesterov,
                                     sync_buffers=sync_buffers, timeout=timeout, check_finite=check_finite,
-                                    max_bad_rounds=max_bad_rounds)
+                                    max_bad_rounds=max_bad_rounds, fragments=fragments)
         if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
             raise TypeError(f"HPSGD: grad_scaler is {type(grad_scaler).__name__}; expected a "
                             "torch.amp.GradScaler or None")
@@ -141,6 +148,8 @@ class HPSGD:
         try:
             self.rank, self.world_size = dist.get_rank(self._ctrl), dist.get_world_size(self._ctrl)
             tracked, frozen = self._agree_on_layout(model_or_params, optimizer)
+            # The same on every rank (the layouts agree): an error here is everyone's.
+            fragment_of = split_fragments([t.local.numel() for t in tracked], self.options.fragments)
             self.device = tracked[0].local.device
             self._data_pg = private_group(ranks, self.options.timeout)
             self._broadcast_from_rank0([t.local for t in tracked])
@@ -152,13 +161,14 @@ class HPSGD:
             if self.comm.world_size != self.world_size:
                 raise ValueError(f"HPSGD: communicator spans {self.comm.world_size} ranks but the process "
                                  f"group {self.world_size}; expected the same ranks")
-            self.groups, specs = self._make_groups(tracked)
+            self.groups, specs = self._make_groups(tracked, fragment_of)
             o = self.options
             # The engine's core is the communicator's (a Python Communicator is its owner's handle).
             self._engine = _C.Engine(
                 specs, self.comm._live(), self._ctrl, sync_every=0 if o.sync_every == "auto" else o.sync_every,
                 keep=o.replica == "keep", check_finite=o.check_finite, max_bad_rounds=o.max_bad_rounds,
-                comm_dtype_name=str(o.comm_dtype or "the parameters' dtype"), timeout=o.timeout)
+                comm_dtype_name=str(o.comm_dtype or "the parameters' dtype"), timeout=o.timeout,
+                fragments=o.fragments)
         except BaseException:
             if self._own_comm and self.comm is not None:
                 self.comm.close()
@@ -238,20 +248,20 @@ class HPSGD:
                 flat.copy_(wire)
             ops.unflatten(flat, ts)
 
-    def _make_groups(self, tracked: list[Tracked]) -> tuple[list[_Group], list[tuple]]:
-        """Tensors grouped by (kind, dtype), and the engine's spec of each group:
-        (tensors, wire dtype, outer lr, outer momentum, nesterov). Buffers get a
-        plain average: no outer step."""
-        buckets: dict[tuple[str, torch.dtype], list[Tracked]] = {}
-        for t in tracked:
-            buckets.setdefault((t.kind, t.local.dtype), []).append(t)
+    def _make_groups(self, tracked: list[Tracked], fragment_of: list[int]) -> tuple[list[_Group], list[tuple]]:
+        """Tensors grouped by (fragment, kind, dtype), and the engine's spec of each
+        group: (tensors, wire dtype, outer lr, outer momentum, nesterov, fragment).
+        Buffers get a plain average: no outer step."""
+        buckets: dict[tuple[int, str, torch.dtype], list[Tracked]] = {}
+        for t, f in zip(tracked, fragment_of):
+            buckets.setdefault((f, t.kind, t.local.dtype), []).append(t)
         o = self.options
         groups, specs = [], []
-        for (kind, dtype), items in buckets.items():
+        for (fragment, kind, dtype), items in sorted(buckets.items(), key=lambda kv: kv[0][0]):
             is_param = kind == "param"
-            groups.append(_Group(kind=kind, index=len(groups), tracked=items))
+            groups.append(_Group(kind=kind, index=len(groups), tracked=items, fragment=fragment))
             specs.append(([t.local for t in items], o.comm_dtype or dtype, o.outer_lr if is_param else 1.0,
-                          o.outer_momentum if is_param else 0.0, o.nesterov and is_param))
+                          o.outer_momentum if is_param else 0.0, o.nesterov and is_param, fragment))
         return groups, specs
 
     # --- the hook -------------------------------------------------------------------------------
@@ -363,6 +373,7 @@ class HPSGD:
         self._call(eng.quiesce)
         pending = eng.pending
         reduced = eng.reduced() if pending else None
+        carried = eng.pending_fragment  # the pending round carries this fragment's groups only
         return {
             "version": _STATE_VERSION,
             "options": self.options.as_state(self.world_size),
@@ -375,7 +386,7 @@ class HPSGD:
                 "anchors": [a.clone() for a in eng.anchors(g.index)],
                 "momenta": [m.clone() for m in eng.momenta(g.index)],
                 "sent": s.clone() if (s := eng.sent(g.index)) is not None else None,
-                "reduced": reduced[g.index].clone() if pending else None,
+                "reduced": reduced[g.index].clone() if pending and g.fragment == carried else None,
                 "replica": [t.detach().clone() for t in eng.live(g.index)],
             } for g in self.groups],
         }
@@ -434,10 +445,14 @@ class HPSGD:
             else:
                 one(f"group {k} sent", s["sent"], sent.shape, sent.dtype)
             flat = eng.flat(k, 0)
-            if state["pending"]:
+            # The rounds rotate over the fragments: the pending one carried the fragment
+            # of round (rounds - 1), the same count on every rank.
+            rounds = state["counters"].get("rounds") if isinstance(state["counters"], dict) else None
+            carried = (rounds - 1) % self.options.fragments if isinstance(rounds, int) else None
+            if state["pending"] and g.fragment == carried:
                 one(f"group {k} reduced", s["reduced"], flat.shape, flat.dtype)
             elif s["reduced"] is not None:
-                raise bad(f"group {k} reduced is a tensor but nothing is pending")
+                raise bad(f"group {k} reduced is a tensor but no round of its fragment is pending")
         return state["groups"]
 
     @torch.no_grad()
@@ -489,13 +504,17 @@ class HPSGD:
         eng = self._engine
         by = {"anchors": 0, "flats": 0, "sent": 0, "momenta": 0}
         numel = 0
+        flats = {}  # fragments share their flats' storage (docs/round-protocol.md, "Fragments")
         for g in self.groups:
             k = g.index
             numel += sum(t.numel() for t in eng.live(k))
             sent = eng.sent(k)
-            for name, bufs in (("anchors", eng.anchors(k)), ("flats", [eng.flat(k, 0), eng.flat(k, 1)]),
-                               ("sent", [] if sent is None else [sent]), ("momenta", eng.momenta(k))):
+            for b in (eng.flat(k, 0), eng.flat(k, 1)):
+                flats[b.untyped_storage().data_ptr()] = b.untyped_storage().nbytes()
+            for name, bufs in (("anchors", eng.anchors(k)), ("sent", [] if sent is None else [sent]),
+                               ("momenta", eng.momenta(k))):
                 by[name] += sum(b.numel() * b.element_size() for b in bufs)
+        by["flats"] = sum(flats.values())
         total = sum(by.values())
         return {"extra_bytes": total, "extra_bytes_per_param": total / numel, "extra_bytes_by_buffer": by}
 

@@ -33,10 +33,12 @@ class Options:
     timeout: float = 300.0
     check_finite: bool = True
     max_bad_rounds: int = 3
+    fragments: int = 1
 
     @classmethod
     def make(cls, *, sync_every, replica, comm_dtype, outer_lr, outer_momentum, nesterov,
-             sync_buffers, timeout: Union[_dt.timedelta, float], check_finite, max_bad_rounds) -> "Options":
+             sync_buffers, timeout: Union[_dt.timedelta, float], check_finite, max_bad_rounds,
+             fragments=1) -> "Options":
         """Every argument checked; errors name the argument and what was expected."""
         if sync_every != "auto" and not (isinstance(sync_every, int) and not isinstance(sync_every, bool)
                                          and sync_every >= 1):
@@ -57,15 +59,19 @@ class Options:
             raise ValueError("HPSGD: nesterov=True needs outer_momentum > 0")
         if isinstance(max_bad_rounds, bool) or not isinstance(max_bad_rounds, int) or max_bad_rounds < 1:
             raise ValueError(f"HPSGD: max_bad_rounds is {max_bad_rounds!r}; expected an int >= 1")
+        if isinstance(fragments, bool) or not isinstance(fragments, int) or fragments < 1:
+            raise ValueError(f"HPSGD: fragments is {fragments!r}; expected an int >= 1")
         return cls(sync_every=sync_every, replica=replica, comm_dtype=comm_dtype, outer_lr=float(outer_lr),
                    outer_momentum=float(outer_momentum), nesterov=nesterov, sync_buffers=sync_buffers,
                    timeout=to_seconds(timeout, "HPSGD: timeout"), check_finite=check_finite,
-                   max_bad_rounds=max_bad_rounds)
+                   max_bad_rounds=max_bad_rounds, fragments=fragments)
 
     def as_state(self, world_size: int) -> dict:
         """Plain values (no dtype objects), as saved in state dicts and compared across ranks."""
         d = asdict(self)
         d["comm_dtype"] = str(self.comm_dtype)
         d.pop("timeout")  # a deadline, not part of the algorithm: may change on resume
+        if d["fragments"] == 1:
+            d.pop("fragments")  # states saved before fragments existed stay loadable
         d["world_size"] = world_size
         return d

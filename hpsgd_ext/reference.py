@@ -104,12 +104,18 @@ class ReferenceHPSGD:
     pure-torch rule above: ``torch.cat`` of the deltas, ``dist.all_reduce(SUM,
     async_op=True)``, a division by the world size, per-tensor arithmetic. No fused
     op, no communicator. Tests prove :class:`hpsgd_ext.HPSGD` equals it.
+
+    ``fragments`` > 1: streaming rounds (docs/round-protocol.md, "Fragments"), each
+    boundary sends one fragment's change and merges the previous boundary's round
+    (the fragment before it), written out call by call.
     """
 
     def __init__(self, params, optimizer, sync_every: int, replica: str = "keep",
                  outer_lr: float = 1.0, outer_momentum: float = 0.0, nesterov: bool = False,
-                 comm_dtype=None, group=None):
+                 comm_dtype=None, group=None, fragments: int = 1):
         import torch.distributed as dist
+
+        from .tracking import split_fragments  # the layout only: which tensors a round carries
 
         self.dist, self.group = dist, group
         self.params = [p for p in params if p.requires_grad]
@@ -121,12 +127,16 @@ class ReferenceHPSGD:
                 dist.broadcast(p.data, src=src, group=group)
         adt = lambda p: torch.float32 if p.dtype != torch.float32 else p.dtype  # noqa: E731
         self.anchors = [p.detach().to(adt(p), copy=True) for p in self.params]
-        n = sum(p.numel() for p in self.params)
         self.cdt = comm_dtype or self.params[0].dtype
-        self.sent = torch.zeros(n, dtype=self.cdt, device=self.params[0].device) if replica == "keep" else None
         self.moms = [torch.zeros_like(a) for a in self.anchors] if outer_momentum > 0 else None
+        of = split_fragments([p.numel() for p in self.params], fragments)
+        self.fragments = [[i for i, f in enumerate(of) if f == k] for k in range(fragments)]
+        dev = self.params[0].device
+        # What each fragment last sent, flat over its tensors ("keep" only).
+        self.sent = [torch.zeros(sum(self.params[i].numel() for i in idx), dtype=self.cdt, device=dev)
+                     if replica == "keep" else None for idx in self.fragments]
         self.pending = None  # (work, buffer)
-        self.steps = 0
+        self.steps = self.rounds = 0
         self.handle = optimizer.register_step_post_hook(lambda *_: self._step())
 
     def _step(self):
@@ -141,23 +151,43 @@ class ReferenceHPSGD:
         work.wait()
         return buf.div_(self.dist.get_world_size(self.group))
 
+    def _of(self, k):
+        """Fragment k's params, anchors, outer momenta and ``sent``."""
+        idx = self.fragments[k]
+        moms = [self.moms[i] for i in idx] if self.moms is not None else None
+        return [self.params[i] for i in idx], [self.anchors[i] for i in idx], moms, self.sent[k]
+
     @torch.no_grad()
-    def _boundary(self):
+    def _boundary(self, final: bool = False):
         reduced = self._reduced()
-        out = torch.empty(sum(p.numel() for p in self.params), dtype=self.cdt, device=self.params[0].device)
-        round_step(self.params, self.anchors, reduced, out, lr=self.lr, momentum_buffers=self.moms,
-                   momentum=self.mu, nesterov=self.nesterov, sent=self.sent)
+        F, k = len(self.fragments), self.rounds
+        issue, merged = k % F, (k - 1) % F
+        if F > 1 and reduced is not None:
+            # Merge only: the replica keeps what it has not sent ("keep"; or equals the
+            # global model: "reset", or a final merge); then nothing of it is in flight.
+            ps, an, moms, sent = self._of(merged)
+            round_step(ps, an, reduced, torch.empty_like(reduced), lr=self.lr, momentum_buffers=moms,
+                       momentum=self.mu, nesterov=self.nesterov, sent=None if final else sent)
+            if sent is not None:
+                sent.zero_()
+            reduced = None
+        ps, an, moms, sent = self._of(issue)
+        out = torch.empty(sum(p.numel() for p in ps), dtype=self.cdt, device=self.params[0].device)
+        round_step(ps, an, reduced, out, lr=self.lr, momentum_buffers=moms,
+                   momentum=self.mu, nesterov=self.nesterov, sent=sent)
         self.pending = (self.dist.all_reduce(out, op=self.dist.ReduceOp.SUM, group=self.group, async_op=True), out)
+        self.rounds += 1
 
     @torch.no_grad()
     def synchronize(self):
-        self._boundary()
+        for j in range(len(self.fragments)):  # every fragment sends what it has not sent
+            self._boundary(final=j > 0)
         reduced = self._reduced()
-        scratch = torch.empty_like(reduced)
-        round_step(self.params, self.anchors, reduced, scratch, lr=self.lr, momentum_buffers=self.moms,
+        ps, an, moms, sent = self._of((self.rounds - 1) % len(self.fragments))
+        round_step(ps, an, reduced, torch.empty_like(reduced), lr=self.lr, momentum_buffers=moms,
                    momentum=self.mu, nesterov=self.nesterov)
-        if self.sent is not None:
-            self.sent.zero_()
+        if sent is not None:
+            sent.zero_()
         self.pending = None
         self.steps = 0
 

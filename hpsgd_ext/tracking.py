@@ -122,6 +122,25 @@ def collect(model_or_params: Union[nn.Module, Iterable[torch.Tensor]], sync_buff
     return tracked, frozen
 
 
+def split_fragments(numels: list[int], fragments: int) -> list[int]:
+    """The fragment of each tensor, in order: ``fragments`` runs of consecutive
+    tensors of similar total size (a cut where the running total first reaches
+    k/F of the whole), none empty. docs/round-protocol.md, "Fragments"."""
+    n = len(numels)
+    if not 1 <= fragments <= n:
+        raise ValueError(f"HPSGD: fragments is {fragments}; expected 1 to {n} (the number of tensors "
+                         "HPSGD synchronises: a fragment holds whole tensors)")
+    total, run, out = sum(numels), 0, []
+    f = 0
+    for i, k in enumerate(numels):
+        # Move on once this fragment has its share, keeping one tensor for each fragment left.
+        if f < fragments - 1 and out and (run * fragments >= (f + 1) * total or n - i == fragments - 1 - f):
+            f += 1
+        out.append(f)
+        run += k
+    return out
+
+
 def check_tensor(kind: str, name: str, t: torch.Tensor) -> None:
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"HPSGD: {kind} {name!r} has dtype {t.dtype}; expected float32, bfloat16 or float16")

@@ -22,7 +22,7 @@ def engine(tensors, comm, sync_every=2, **kw):
     args = dict(control=None, sync_every=sync_every, keep=True, check_finite=True, max_bad_rounds=3,
                 comm_dtype_name="torch.float32", timeout=10.0)
     args.update(kw)
-    return _C.Engine([(tensors, torch.float32, 1.0, 0.0, False)], comm._live(), **args)
+    return _C.Engine([(tensors, torch.float32, 1.0, 0.0, False, 0)], comm._live(), **args)
 
 
 def test_engine_counts_steps_and_rounds_and_merges_on_one_rank():
@@ -88,7 +88,7 @@ def test_engine_refuses_no_groups_and_mixed_devices_or_dtypes():
         with pytest.raises(ValueError, match="groups is empty"):
             _C.Engine([], core, **kw)
         with pytest.raises(ValueError, match="mixes dtypes"):
-            _C.Engine([([torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)], torch.float32, 1.0, 0.0, False)],
+            _C.Engine([([torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)], torch.float32, 1.0, 0.0, False, 0)],
                       core, **kw)
 
 

@@ -106,6 +106,33 @@ def test_extra_bytes_per_param(dtype, comm_dtype, replica, outer_momentum, per_p
     assert hp.stats()["extra_bytes"] == st["extra_bytes"]  # after close(): the last values
 
 
+@pytest.mark.parametrize("fragments,match", [(0, "fragments is 0; expected an int >= 1"),
+                                             (True, "fragments is True"),
+                                             (5, "fragments is 5; expected 1 to 4")])
+def test_fragments_checked(fragments, match):
+    m, opt = model_opt()  # four tensors
+    with pytest.raises(ValueError, match=match):
+        HPSGD(m, opt, fragments=fragments)
+    HPSGD(m, opt, fragments=4).close()  # the optimizer is free again after a failed build
+
+
+def test_fragments_rotate_and_share_their_flats():
+    m, opt = model_opt()  # 60, 10, 20, 2 elements: fragments {60}, {10, 20, 2}
+    with HPSGD(m, opt, sync_every=1, fragments=2) as hp:
+        assert [g.fragment for g in hp.groups] == [0, 1]
+        assert [g.names for g in hp.groups] == [["0.weight"], ["0.bias", "2.weight", "2.bias"]]
+        by = hp.stats()["extra_bytes_by_buffer"]
+        assert by["flats"] == 2 * (60 + 1) * 4  # two buffers of the larger fragment (+ a flag slot)
+        sent = [hp.stats()["bytes_reduced"]]
+        for s in range(4):
+            step(m, opt, s)
+            sent.append(hp.stats()["bytes_reduced"])
+        # each boundary sends one fragment, in rotation
+        assert [b - a for a, b in zip(sent, sent[1:])] == [61 * 4, 33 * 4, 61 * 4, 33 * 4]
+        hp.synchronize()  # one final round per fragment
+        assert hp.stats()["rounds"] == 6
+
+
 def test_frozen_parameters_left_alone_and_buffers_synced():
     m, opt = model_opt(bn=True)
     m[0].weight.requires_grad_(False)

@@ -86,13 +86,13 @@ void bind_engine(py::module_& m) {
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::vector<std::tuple<std::vector<at::Tensor>, at::ScalarType, double,
-                                                     double, bool>>& groups,
+                                                     double, bool, int64_t>>& groups,
                        std::shared_ptr<comm::Transport> comm, py::object control, int64_t sync_every,
                        bool keep, bool check_finite, int64_t max_bad_rounds,
-                       std::string comm_dtype_name, double timeout) {
+                       std::string comm_dtype_name, double timeout, int64_t fragments) {
              std::vector<engine::GroupSpec> specs;
-             for (const auto& [live, dtype, lr, momentum, nesterov] : groups)
-               specs.push_back({live, dtype, lr, momentum, nesterov});
+             for (const auto& [live, dtype, lr, momentum, nesterov, fragment] : groups)
+               specs.push_back({live, dtype, lr, momentum, nesterov, fragment});
              c10::intrusive_ptr<c10d::ProcessGroup> pg;
              if (!control.is_none()) pg = control.cast<c10::intrusive_ptr<c10d::ProcessGroup>>();
              engine::EngineOptions o;
@@ -102,10 +102,11 @@ void bind_engine(py::module_& m) {
              o.max_bad_rounds = max_bad_rounds;
              o.comm_dtype_name = std::move(comm_dtype_name);
              o.timeout_s = timeout;
+             o.fragments = fragments;
              return std::make_unique<Engine>(std::move(specs), std::move(comm), std::move(pg), o);
            }),
            "groups"_a, "comm"_a, "control"_a, "sync_every"_a, "keep"_a, "check_finite"_a,
-           "max_bad_rounds"_a, "comm_dtype_name"_a, "timeout"_a)
+           "max_bad_rounds"_a, "comm_dtype_name"_a, "timeout"_a, "fragments"_a = 1)
       // step() stays under the GIL: it is the hot path and never blocks.
       .def("step", &Engine::step, "skipped"_a = false)
       .def("boundary", &Engine::boundary, py::call_guard<py::gil_scoped_release>())
@@ -128,6 +129,7 @@ void bind_engine(py::module_& m) {
            })
       .def("flat", [](Engine& e, size_t g, int i) { return e.groups().at(g).flats[i & 1]; })
       .def("reduced", &Engine::reduced)
+      .def_property_readonly("pending_fragment", &Engine::pending_fragment)
       .def("restore",
            [](Engine& e, const py::dict& c, bool pending, bool in_sync) {
              Counters k;

@@ -11,6 +11,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "../checks.h"
 #include "../comm/clock.h"
@@ -82,6 +83,20 @@ Engine::Engine(std::vector<GroupSpec> specs, std::shared_ptr<comm::Transport> co
                   "; expected an int >= 1");
   HPSGD_CHECK_ARG(opts_.timeout_s > 0.0 && std::isfinite(opts_.timeout_s), "Engine: timeout is ",
                   opts_.timeout_s, " s; expected a positive, finite duration");
+  HPSGD_CHECK_ARG(opts_.fragments >= 1, "Engine: fragments is ", opts_.fragments,
+                  "; expected an int >= 1");
+  {
+    std::vector<bool> used(static_cast<size_t>(opts_.fragments), false);
+    for (size_t k = 0; k < specs.size(); ++k) {
+      const int64_t f = specs[k].fragment;
+      HPSGD_CHECK_ARG(f >= 0 && f < opts_.fragments, "Engine: groups[", k, "] is in fragment ", f,
+                      "; expected 0 to ", opts_.fragments - 1);
+      used[static_cast<size_t>(f)] = true;
+    }
+    for (size_t f = 0; f < used.size(); ++f)
+      HPSGD_CHECK_ARG(used[f], "Engine: fragment ", f, " has no group; expected every fragment of ",
+                      opts_.fragments, " to hold at least one");
+  }
   rank_ = comm_->rank();
   world_ = comm_->world();
   if (control_) {
@@ -112,15 +127,19 @@ Engine::Engine(std::vector<GroupSpec> specs, std::shared_ptr<comm::Transport> co
     for (const at::Tensor& t : g.live) g.numel += t.numel();
     const auto opts =
         at::TensorOptions().dtype(s.wire_dtype.value_or(s.live[0].scalar_type())).device(device_);
-    for (auto& f : g.flats) f = at::zeros({g.numel + world_}, opts);
+    if (opts_.fragments == 1)
+      for (auto& f : g.flats) f = at::zeros({g.numel + world_}, opts);  // else: share_flats()
     if (opts_.keep) g.sent = at::zeros({g.numel}, opts);
     if (s.momentum > 0.0)
       for (const at::Tensor& a : g.anchors) g.momenta.push_back(at::zeros_like(a));
     g.lr = s.lr;
     g.momentum = s.momentum;
     g.nesterov = s.nesterov;
+    g.fragment = s.fragment;
+    g.wire = opts.dtype().toScalarType();
     groups_.push_back(std::move(g));
   }
+  if (opts_.fragments > 1) share_flats();
   verdicts_ = VerdictPolicy(rank_, world_, opts_.max_bad_rounds, opts_.comm_dtype_name);
 #ifdef HPSGD_WITH_CUDA
   if (device_.is_cuda()) {
@@ -147,6 +166,32 @@ Engine::Engine(std::vector<GroupSpec> specs, std::shared_ptr<comm::Transport> co
 }
 
 Engine::~Engine() = default;
+
+void Engine::share_flats() {
+  // docs/round-protocol.md, "Fragments": a round carries one fragment, so the
+  // fragments' flats are views into two buffers per wire dtype, each as large as
+  // the largest fragment's share of that dtype: the round in flight and the one
+  // being filled (and, at a boundary, a merge's scratch output before the new
+  // round overwrites it).
+  std::map<at::ScalarType, std::vector<int64_t>> used;  // per dtype: elements per fragment
+  std::vector<int64_t> offset(groups_.size());
+  for (size_t k = 0; k < groups_.size(); ++k) {
+    auto& per = used[groups_[k].wire];
+    per.resize(static_cast<size_t>(opts_.fragments), 0);
+    offset[k] = per[static_cast<size_t>(groups_[k].fragment)];
+    per[static_cast<size_t>(groups_[k].fragment)] += groups_[k].numel + world_;
+  }
+  for (const auto& [dtype, per] : used) {
+    const int64_t size = *std::max_element(per.begin(), per.end());
+    at::Tensor buffers[2];
+    for (auto& b : buffers) b = at::zeros({size}, at::TensorOptions().dtype(dtype).device(device_));
+    for (size_t k = 0; k < groups_.size(); ++k) {
+      if (groups_[k].wire != dtype) continue;
+      for (int i = 0; i < 2; ++i)
+        groups_[k].flats[i] = buffers[i].narrow(0, offset[k], groups_[k].numel + world_);
+    }
+  }
+}
 
 void Engine::check_not_capturing() const {
 #ifdef HPSGD_WITH_CUDA
@@ -203,7 +248,7 @@ double Engine::await_inflight(bool host) {
   return now_s() - t0;
 }
 
-at::Tensor Engine::verdict_of(int prev) {
+at::Tensor Engine::verdict_of(int prev, int64_t fragment) {
   // On CUDA the communicator's valid flag joins the verdict: the watchdog clears
   // it before it aborts, so a half-reduced buffer is never merged, even when the
   // merge is already queued.
@@ -213,6 +258,7 @@ at::Tensor Engine::verdict_of(int prev) {
   std::vector<at::Tensor> flats;
   std::vector<int64_t> numels;
   for (const Group& g : groups_) {
+    if (g.fragment != fragment) continue;  // the round carried this fragment only
     flats.push_back(g.flats[prev]);
     numels.push_back(g.numel);
   }
@@ -234,8 +280,8 @@ void Engine::account() {
 // Profiler labels: RECORD_FUNCTION costs a callback check when no profiler runs.
 #define HPSGD_LABEL(name) RECORD_FUNCTION(name, c10::ArrayRef<const c10::IValue>{})
 
-void Engine::run_boundary() {
-  // docs/round-protocol.md, "Boundary".
+void Engine::run_boundary(bool final_merges) {
+  // docs/round-protocol.md, "Boundary" (and "Fragments").
   HPSGD_LABEL("hpsgd.boundary");
   at::NoGradGuard no_grad;  // the step writes the user's parameters in place
   const double t0 = now_s();
@@ -244,12 +290,22 @@ void Engine::run_boundary() {
   const bool merging = inflight_.has_value();
   const double exposed = merging ? await_inflight(false) : 0.0;
   const int prev = in_flight_index(), fill = fill_;
-  const at::Tensor verdict = merging ? verdict_of(prev) : at::Tensor();
+  const int64_t issuing = fragment_of(counters_.rounds), merged = fragment_of(counters_.rounds - 1);
+  const at::Tensor verdict = merging ? verdict_of(prev, merged) : at::Tensor();
+  if (opts_.fragments > 1 && merging) {
+    // First every merge: its scratch output lands in the buffer the new round
+    // is then written to (see share_flats), never after that round was issued.
+    for (Group& g : groups_)
+      if (g.fragment == merged) merge_only(g, g.flats[prev], g.flats[fill], verdict, final_merges);
+  }
   std::vector<std::shared_ptr<comm::Work>> works;
   works.reserve(groups_.size());
   for (Group& g : groups_) {
-    round_step(g, merging ? std::optional<at::Tensor>(g.flats[prev]) : std::nullopt, g.flats[fill],
-               defined_or_none(g.sent), world_, defined_or_none(verdict));
+    if (g.fragment != issuing) continue;
+    // One fragment: the merge of the previous round and this round's change in one pass.
+    const bool fused = merging && opts_.fragments == 1;
+    round_step(g, fused ? std::optional<at::Tensor>(g.flats[prev]) : std::nullopt, g.flats[fill],
+               defined_or_none(g.sent), world_, fused ? defined_or_none(verdict) : std::nullopt);
     own_flag(g.flats[fill], g.numel, rank_, world_, opts_.check_finite);
     // The wire carries d / N (round_step's divisor): the sum is the mean.
     {
@@ -267,6 +323,18 @@ void Engine::run_boundary() {
   const double spent = now_s() - t0;
   counters_.boundary_seconds += spent;
   if (window_) window_->round_ended(spent - exposed, steps);
+}
+
+void Engine::merge_only(Group& g, const at::Tensor& reduced, const at::Tensor& scratch,
+                        const at::Tensor& verdict, bool final_merge) {
+  // docs/round-protocol.md, "Fragments": round_step with the reduced round and a
+  // scratch output. "keep" passes `sent`, so the replica keeps what it has not
+  // sent (p = a + d), then nothing of this fragment is in flight (s = 0); a
+  // final merge, and "reset", leave the replica equal to the global model.
+  const bool keep = g.sent.defined() && !final_merge;
+  round_step(g, reduced, scratch, keep ? std::optional<at::Tensor>(g.sent) : std::nullopt, world_,
+             defined_or_none(verdict));
+  if (g.sent.defined()) g.sent.zero_();
 }
 
 int64_t Engine::agree_on_rounds() {
@@ -294,13 +362,18 @@ void Engine::synchronize() {
     counters_.catch_up_rounds += 1;
     run_boundary();
   }
-  run_boundary();  // the final round, in lock step on every rank
+  // The final rounds, in lock step on every rank: one per fragment, so every
+  // fragment sends what it has not sent; from the second on, each merges the
+  // final round of the fragment before it (docs/round-protocol.md, "Fragments").
+  for (int64_t j = 0; j < opts_.fragments; ++j) run_boundary(/*final_merges=*/j > 0);
   counters_.exposed_seconds += await_inflight(true);
   account();
   const int last = in_flight_index(), scratch = fill_;
-  const at::Tensor verdict = verdict_of(last);
+  const int64_t fragment = pending_fragment();
+  const at::Tensor verdict = verdict_of(last, fragment);
   verdicts_.drain(true);
   for (Group& g : groups_) {
+    if (g.fragment != fragment) continue;
     // No `sent`: the replica becomes the global model.
     round_step(g, g.flats[last], g.flats[scratch], std::nullopt, world_, defined_or_none(verdict));
     if (g.sent.defined()) g.sent.zero_();

@@ -30,6 +30,7 @@ struct GroupSpec {
   double lr = 1.0;               // outer step on the averaged change
   double momentum = 0.0;
   bool nesterov = false;
+  int64_t fragment = 0;  // which fragment's rounds carry it (EngineOptions::fragments)
 };
 
 struct EngineOptions {
@@ -40,6 +41,10 @@ struct EngineOptions {
   std::string comm_dtype_name = "the parameters' dtype";  // named in overflow messages
   double timeout_s = 300.0;  // of the control collective (the data one is the transport's)
   WindowConfig window{};     // auto only; count_background_cpu is set from the device
+  // Streaming rounds: the groups form `fragments` fragments (GroupSpec::fragment)
+  // and each boundary closes one fragment's window in rotation
+  // (docs/round-protocol.md, "Fragments"). 1: every boundary closes them all.
+  int64_t fragments = 1;
 };
 
 struct Counters {
@@ -56,6 +61,8 @@ struct Group {
   double lr, momentum;
   bool nesterov;
   int64_t numel;
+  int64_t fragment = 0;
+  at::ScalarType wire = at::kFloat;  // the flats' and `sent`'s dtype
 };
 
 class Engine {
@@ -91,6 +98,8 @@ class Engine {
   // The tensor the model now holds in place of live[index] (same shape/dtype).
   void replace_live(size_t group, size_t index, const at::Tensor& t);
   bool pending() const { return inflight_.has_value(); }
+  // The fragment whose round is pending (or would be): the rounds rotate.
+  int64_t pending_fragment() const { return fragment_of(counters_.rounds - 1); }
   // The reduced round still to be merged into each group (valid when pending()).
   std::vector<at::Tensor> reduced() const;
   const Counters& counters() const { return counters_; }
@@ -111,9 +120,18 @@ class Engine {
 
  private:
   void check_usable() const;  // closed, or the communicator's recorded failure
-  void run_boundary();
+  void share_flats();
+  // `final_merges`: the merged round's fragment leaves its replica equal to the
+  // global model (synchronize()'s sweep; docs/round-protocol.md, "Fragments").
+  void run_boundary(bool final_merges = false);
+  void merge_only(Group& g, const at::Tensor& reduced, const at::Tensor& scratch,
+                  const at::Tensor& verdict, bool final_merge);
   double await_inflight(bool host);
-  at::Tensor verdict_of(int prev);
+  at::Tensor verdict_of(int prev, int64_t fragment);
+  int64_t fragment_of(int64_t round) const {
+    const int64_t f = opts_.fragments;
+    return ((round % f) + f) % f;
+  }
   void account();
   void check_not_capturing() const;
   int64_t agree_on_rounds();
