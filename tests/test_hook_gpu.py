@@ -32,12 +32,13 @@ def _step(m, opt, s):
     opt.step()
 
 
-@pytest.mark.parametrize("comm_dtype", [None, torch.bfloat16])
-def test_single_rank_keep_equals_plain_training(comm_dtype):
+@pytest.mark.parametrize("comm_dtype,fragments", [(None, 1), (torch.bfloat16, 1), (None, 3), (torch.bfloat16, 2)])
+def test_single_rank_keep_equals_plain_training(comm_dtype, fragments):
     m1, m2 = _model(), _model()
     o1 = torch.optim.SGD(m1.parameters(), lr=0.05, momentum=0.9)
     o2 = torch.optim.SGD(m2.parameters(), lr=0.05, momentum=0.9)
-    hp = HPSGD(m1, o1, sync_every=3, comm_dtype=comm_dtype)
+    # fragments > 1: the merge-only pass and the shared flats on the device (not yet run on a GPU)
+    hp = HPSGD(m1, o1, sync_every=3, comm_dtype=comm_dtype, fragments=fragments)
     assert hp.comm.transport == "nccl"
     for s in range(11):
         _step(m1, o1, s)
