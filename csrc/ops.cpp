@@ -14,4 +14,9 @@ TORCH_LIBRARY(hpsgd, m) {
       "Tensor(c!) out, float lr=1.0, Tensor(d!)[]? momentum_buffers=None, "
       "float momentum=0.0, bool nesterov=False, Tensor(e!)? sent=None, int divisor=1, "
       "Tensor? verdict=None) -> ()");
+  // The non-finite rule's device side (docs/round-protocol.md, "Verdict kernels").
+  m.def("own_flag(Tensor(a!) flat, int numel, int rank, int world, bool check=True) -> ()");
+  m.def(
+      "reduced_verdict(Tensor[] flats, int[] numels, int world, Tensor? valid, "
+      "Tensor(a!) info) -> ()");
 }

@@ -19,8 +19,8 @@ import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.hpsgd)
 
-__all__ = ["flatten", "unflatten", "delta_flatten", "merge", "round_step", "flat_numel",
-           "preload_kernels"]
+__all__ = ["flatten", "unflatten", "delta_flatten", "merge", "round_step", "own_flag",
+           "reduced_verdict", "flat_numel", "preload_kernels"]
 
 
 def flat_numel(tensors: Sequence[torch.Tensor]) -> int:
@@ -89,6 +89,29 @@ def round_step(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
     return out
 
 
+def own_flag(flat: torch.Tensor, numel: int, rank: int, world: int, check: bool = True) -> None:
+    """The flag slots of a flat wire buffer (``numel`` data elements, then one slot per
+    rank): zero them all, then, with ``check``, set ``flat[numel + rank] = 1`` when any
+    of the first ``numel`` elements is NaN or +-Inf. One pass over the data, on the
+    device (docs/round-protocol.md, "Verdict kernels")."""
+    torch.ops.hpsgd.own_flag(flat, int(numel), int(rank), int(world), bool(check))
+
+
+def reduced_verdict(flats: Sequence[torch.Tensor], numels: Sequence[int], world: int,
+                    valid: Optional[torch.Tensor] = None,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A round's verdict from its reduced flat buffers, on the device: float32
+    ``[1 + world]`` (written into ``out`` when given). ``[0]`` is 1 when every data
+    element of every flat is finite, times ``valid`` (a 1-element float32 tensor: the
+    communicator's flag) when given; ``[1 + j]`` is 1 when flag slot ``j`` of any flat
+    is non-zero (NaN counts), else 0. The host never waits for it."""
+    if out is None:
+        device = flats[0].device if flats else (valid.device if valid is not None else "cpu")
+        out = torch.empty(1 + int(world), dtype=torch.float32, device=device)
+    torch.ops.hpsgd.reduced_verdict(list(flats), [int(n) for n in numels], int(world), valid, out)
+    return out
+
+
 def preload_kernels() -> list[dict]:
     """Load every CUDA kernel of the extension now, on the current device.
 
@@ -126,4 +149,14 @@ def _merge_fake(params, anchors, reduced, lr=1.0):
 @torch.library.register_fake("hpsgd::round_step")
 def _round_step_fake(params, anchors, reduced, out, lr=1.0, momentum_buffers=None,
                      momentum=0.0, nesterov=False, sent=None, divisor=1, verdict=None):
+    return None
+
+
+@torch.library.register_fake("hpsgd::own_flag")
+def _own_flag_fake(flat, numel, rank, world, check=True):
+    return None
+
+
+@torch.library.register_fake("hpsgd::reduced_verdict")
+def _reduced_verdict_fake(flats, numels, world, valid, info):
     return None

@@ -128,3 +128,41 @@ def test_link_is_no_longer_an_hpsgd_argument_and_emulated_link_checks_its_link()
     with pytest.raises(TypeError, match="communicator is str"):
         HPSGD(m, opt, communicator="fast")
     assert dist.is_initialized()
+
+
+def test_boundary_calls_fused_ops_only():
+    """The verdict and each group's flag are one op each (docs/round-protocol.md,
+    "Verdict kernels"), into buffers the engine made once: a boundary runs no ATen op
+    (it ran about 110 per group when they were composed from ATen ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ws = [torch.zeros(5), torch.zeros(7)]
+    with Communicator(timeout=10) as comm:
+        e = _C.Engine([([ws[0]], torch.float32, 1.0, 0.0, False),
+                       ([ws[1]], torch.bfloat16, 1.0, 0.0, False)], comm._live(), control=None,
+                      sync_every=1, keep=True, check_finite=True, max_bad_rounds=3,
+                      comm_dtype_name="torch.bfloat16", timeout=10.0)
+        for _ in range(2):
+            assert e.step()
+            e.boundary()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(4):
+                for w in ws:
+                    w.add_(1.0)
+                assert e.step()
+                e.boundary()
+        e.quiesce()
+        e.close()
+    names = []
+
+    def walk(ev):
+        for c in ev.cpu_children:
+            names.append(c.name)
+            walk(c)
+
+    bounds = [ev for ev in prof.events() if ev.name == "hpsgd.boundary"]
+    assert len(bounds) == 4
+    for ev in bounds:
+        walk(ev)
+    assert [n for n in names if n.startswith("aten::")] == []
+    assert names.count("hpsgd::reduced_verdict") == 4 and names.count("hpsgd::own_flag") == 8

@@ -36,3 +36,18 @@ def test_no_spills_and_registers_bounded(kernels):
     for r in kernels:
         assert r["local"] == 0 and r["stack"] == 0, r
         assert r["registers"] <= MAX_REGISTERS, r
+
+
+def test_verdict_kernels_built_without_spills():
+    """The verdict's scan and init kernels (csrc/cuda/verdict_cuda.cu): kernel
+    parameters indexed by flat, read in place (no local copy of the span table)."""
+    if not hpsgd_ext.built_with_cuda():
+        pytest.skip("built without CUDA")
+    rows = cuobjdump_resources()
+    if rows is None:
+        pytest.skip("no cuobjdump on this machine")
+    verdict = [r for r in rows if "verdict_cuda" in r["function"]]
+    assert len(verdict) == 3, verdict
+    for r in verdict:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        assert r["registers"] <= MAX_REGISTERS, r

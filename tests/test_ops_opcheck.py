@@ -27,6 +27,10 @@ def samples(device):
     yield (torch.ops.hpsgd.round_step.default,
            ([r(3, 4), r(5)], [r(3, 4), r(5)], r(17), r(17)),
            {"lr": 0.7, "momentum_buffers": ms, "momentum": 0.9, "nesterov": True, "sent": r(17)})
+    yield torch.ops.hpsgd.own_flag.default, (r(19, dt=torch.float16), 17, 1, 2), {}
+    yield (torch.ops.hpsgd.reduced_verdict.default,
+           ([r(19), r(9, dt=torch.bfloat16)], [17, 7], 2, torch.ones(1, device=device),
+            torch.empty(3, device=device)), {})
     for v in (1.0, 0.0):  # merged and discarded, pre-divided wire
         yield (torch.ops.hpsgd.round_step.default,
                ([r(3, 4), r(5)], [r(3, 4), r(5)], r(17, dt=torch.float16), r(17, dt=torch.float16)),

@@ -424,6 +424,7 @@ std::vector<KernelInfo> preload_kernels() {
                            attr.maxThreadsPerBlock, blocks_per_sm<Op>()});
           });
         }
+  for (KernelInfo& k : verdict_kernels()) out.push_back(std::move(k));
   return out;
 }
 

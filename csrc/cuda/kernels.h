@@ -22,5 +22,8 @@ struct KernelInfo {
 // module to load behind a running collective under CUDA lazy loading.
 std::vector<KernelInfo> preload_kernels();
 
+// The verdict's kernels (csrc/cuda/verdict_cuda.cu), which preload_kernels includes.
+std::vector<KernelInfo> verdict_kernels();
+
 }  // namespace cuda
 }  // namespace hpsgd

@@ -1,5 +1,5 @@
 // Python bindings of the round engine: hpsgd_ext._C.{Engine, AutoWindow,
-// reduced_verdict, own_flag, raise_control_error}.
+// raise_control_error} (the verdict's ops are torch.ops.hpsgd.*).
 // hpsgd_ext/hook.py (HPSGD) is the public face; hpsgd_ext/window.py re-exports
 // AutoWindow. FloatingPointError keeps its Python type; the policy's warnings
 // are handed over as strings (take_warnings) for Python to warn with.
@@ -155,11 +155,6 @@ void bind_engine(py::module_& m) {
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("world_size", &Engine::world)
       .def_property_readonly("groups", [](Engine& e) { return e.groups().size(); });
-
-  m.def("reduced_verdict", &engine::reduced_verdict, "flats"_a, "numels"_a, "world"_a,
-        "A round's verdict on the device: float32 [1 + world]; see csrc/engine/verdict.h.");
-  m.def("own_flag", &engine::own_flag, "flat"_a, "numel"_a, "rank"_a, "world"_a, "check"_a,
-        "Zero the flag slots of flat and set this rank's when its change is not finite.");
 
   m.def(
       "raise_control_error",

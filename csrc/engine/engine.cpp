@@ -141,22 +141,15 @@ Engine::Engine(std::vector<GroupSpec> specs, std::shared_ptr<comm::Transport> co
   }
   if (opts_.fragments > 1) share_flats();
   verdicts_ = VerdictPolicy(rank_, world_, opts_.max_bad_rounds, opts_.comm_dtype_name);
-#ifdef HPSGD_WITH_CUDA
-  if (device_.is_cuda()) {
-    // Under CUDA lazy loading a kernel's first launch may wait for the device to go
-    // idle, so one first launched at a later boundary would wait behind the round
-    // in flight (or an emulated hold): load ours now, and run the verdict's
-    // framework ops once on these very buffers (zeros: nothing is decided) so
-    // theirs are loaded too.
-    hpsgd::cuda::preload_kernels();
-    std::vector<at::Tensor> flats;
-    std::vector<int64_t> numels;
-    for (const Group& g : groups_) {
-      flats.push_back(g.flats[0]);
-      numels.push_back(g.numel);
-    }
-    (void)reduced_verdict(flats, numels, world_);
+  if (opts_.check_finite) {
+    info_ = at::zeros({1 + world_}, at::TensorOptions().dtype(at::kFloat).device(device_));
+    verdict_ = info_.narrow(0, 0, 1);
   }
+#ifdef HPSGD_WITH_CUDA
+  // Under CUDA lazy loading a kernel's first launch may wait for the device to go
+  // idle, so one first launched at a later boundary would wait behind the round
+  // in flight (or an emulated hold): load ours (the verdict's included) now.
+  if (device_.is_cuda()) hpsgd::cuda::preload_kernels();
 #endif
   if (opts_.sync_every == 0) {
     // On CUDA the transport runs on the GPU: only the boundary counts as a round's cost.
@@ -262,11 +255,10 @@ at::Tensor Engine::verdict_of(int prev, int64_t fragment) {
     flats.push_back(g.flats[prev]);
     numels.push_back(g.numel);
   }
-  at::Tensor info = reduced_verdict(flats, numels, world_);
-  if (valid) info.narrow(0, 0, 1).mul_(*valid);
-  verdicts_.push(counters_.rounds - 1, info);
+  reduced_verdict(flats, numels, world_, valid, info_);
+  verdicts_.push(counters_.rounds - 1, info_);
   verdicts_.drain(false);  // CPU: at once; CUDA: whatever has reached the host
-  return info.narrow(0, 0, 1);
+  return verdict_;
 }
 
 void Engine::account() {

@@ -152,6 +152,10 @@ class Engine {
   bool due_ = false;    // step() ended the window; boundary() then closes the step
   bool in_sync_ = true;  // just built or synchronized: every rank's state equal
   std::optional<AutoWindow> window_;
+  // reduced_verdict's output, allocated once (check_finite only) and rewritten
+  // by every round in stream order (see VerdictPolicy::push); verdict_ is its
+  // [0], what round_step reads.
+  at::Tensor info_, verdict_;
   VerdictPolicy verdicts_;
   Counters counters_;
 };

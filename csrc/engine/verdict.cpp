@@ -1,5 +1,7 @@
 #include "verdict.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include <sstream>
 
 #ifdef HPSGD_WITH_CUDA
@@ -16,39 +18,22 @@ const char* const kAdvice =
     "non-finite steps; pass grad_scaler= to HPSGD with a fixed window) or reset that rank's "
     "optimizer state; see the README's 'Failure behaviour'";
 
-// Both finite iff every element is: min and max propagate NaN and reach +-Inf.
-std::pair<at::Tensor, at::Tensor> finite_ends(const at::Tensor& seg) {
-  auto [lo, hi] = at::aminmax(seg);
-  return {at::isfinite(lo), at::isfinite(hi)};
-}
-
 }  // namespace
 
 void own_flag(const at::Tensor& flat, int64_t numel, int rank, int world, bool check) {
-  at::Tensor tail = flat.narrow(0, numel, world);
-  tail.zero_();
-  if (check && numel > 0) {
-    auto [lo, hi] = finite_ends(flat.narrow(0, 0, numel));
-    tail.narrow(0, rank, 1).copy_(at::logical_not(at::logical_and(lo, hi)).reshape({1}));
-  }
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hpsgd::own_flag", "")
+                       .typed<void(const at::Tensor&, int64_t, int64_t, int64_t, bool)>();
+  op.call(flat, numel, rank, world, check);
 }
 
-at::Tensor reduced_verdict(const std::vector<at::Tensor>& flats, const std::vector<int64_t>& numels,
-                           int world) {
-  std::vector<at::Tensor> finite, flags;
-  for (size_t i = 0; i < flats.size(); ++i) {
-    if (numels[i] > 0) {
-      auto [lo, hi] = finite_ends(flats[i].narrow(0, 0, numels[i]));
-      finite.push_back(lo);
-      finite.push_back(hi);
-    }
-    flags.push_back(flats[i].narrow(0, numels[i], world).to(at::kFloat));
-  }
-  at::Tensor ok = finite.empty()
-                      ? at::ones({}, flats[0].options().dtype(at::kBool))
-                      : at::stack(finite).all();
-  at::Tensor who = at::stack(flags).sum(0).ne(0).to(at::kFloat);
-  return at::cat({ok.to(at::kFloat).reshape({1}), who});
+void reduced_verdict(const std::vector<at::Tensor>& flats, const std::vector<int64_t>& numels,
+                     int world, const std::optional<at::Tensor>& valid, const at::Tensor& info) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hpsgd::reduced_verdict", "")
+                       .typed<void(at::TensorList, at::IntArrayRef, int64_t,
+                                   const std::optional<at::Tensor>&, const at::Tensor&)>();
+  op.call(flats, numels, world, valid, info);
 }
 
 VerdictPolicy::VerdictPolicy(int rank, int world, int64_t max_bad_rounds, std::string comm_dtype_name)
@@ -95,8 +80,7 @@ std::vector<std::string> VerdictPolicy::take_warnings() {
 }
 
 void VerdictPolicy::apply(int64_t round, const at::Tensor& info) {
-  at::Tensor v = info.to(at::kFloat).contiguous();
-  const float* values = v.data_ptr<float>();
+  const float* values = info.data_ptr<float>();  // float32 [1 + world], contiguous
   const bool valid = values[0] != 0.f;
   // The round issued right after a discarded one carries zeros: its finite
   // verdict proves nothing about the replicas, so it does not end a streak.

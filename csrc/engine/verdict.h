@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -20,15 +21,19 @@ struct NonFiniteRounds : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The device side, through the dispatcher (hpsgd::own_flag, hpsgd::reduced_verdict:
+// csrc/cpu, csrc/cuda; docs/round-protocol.md, "Verdict kernels").
+//
 // Zeroes the flag slots of `flat` (after its `numel` segment elements) and sets
-// this rank's own one when its change is not finite. Device ops only.
+// this rank's own one when its change is not finite (with `check`).
 void own_flag(const at::Tensor& flat, int64_t numel, int rank, int world, bool check);
 
-// The round's verdict, float32 [1 + world] on the buffers' device: [0] is 1
-// when every reduced element is finite; [1 + j] is 1 when rank j flagged its
-// own change. Device ops only.
-at::Tensor reduced_verdict(const std::vector<at::Tensor>& flats, const std::vector<int64_t>& numels,
-                           int world);
+// Writes the round's verdict into `info`, float32 [1 + world] on the buffers'
+// device: [0] is 1 when every reduced element is finite, times `valid` (the
+// communicator's flag) when given; [1 + j] is 1 when rank j flagged its own
+// change in any flat.
+void reduced_verdict(const std::vector<at::Tensor>& flats, const std::vector<int64_t>& numels,
+                     int world, const std::optional<at::Tensor>& valid, const at::Tensor& info);
 
 struct VerdictCounts {
   int64_t skipped_rounds = 0;
@@ -43,7 +48,9 @@ class VerdictPolicy {
   VerdictPolicy(int rank, int world, int64_t max_bad_rounds, std::string comm_dtype_name);
 
   // Queues `info` (reduced_verdict's) of round `round`. CUDA: a copy into
-  // pinned memory ordered by an event; CPU: the tensor itself.
+  // pinned memory ordered by an event, so the caller may overwrite `info` later
+  // in stream order; CPU: the tensor itself, so the caller drains before it
+  // writes `info` again.
   void push(int64_t round, const at::Tensor& info);
   // Applies every verdict whose value reached the host; with `block`, all of
   // them (waiting for the device). Throws NonFiniteRounds.
