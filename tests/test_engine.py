@@ -138,8 +138,8 @@ def test_boundary_calls_fused_ops_only():
 
     ws = [torch.zeros(5), torch.zeros(7)]
     with Communicator(timeout=10) as comm:
-        e = _C.Engine([([ws[0]], torch.float32, 1.0, 0.0, False),
-                       ([ws[1]], torch.bfloat16, 1.0, 0.0, False)], comm._live(), control=None,
+        e = _C.Engine([([ws[0]], torch.float32, 1.0, 0.0, False, 0),
+                       ([ws[1]], torch.bfloat16, 1.0, 0.0, False, 0)], comm._live(), control=None,
                       sync_every=1, keep=True, check_finite=True, max_bad_rounds=3,
                       comm_dtype_name="torch.bfloat16", timeout=10.0)
         for _ in range(2):
