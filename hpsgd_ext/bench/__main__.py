@@ -5,6 +5,7 @@ and a readable table into a results folder.
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
     hpsgd-bench hook    [--device cpu|cuda] [--steps 1] [--repeats 1000]   (per-step overhead)
     hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--repeats 1] [--out bench/results]
+                        [--nodes 2 --workers-per-node 2]   (DDP/FSDP2 inside, the link between nodes)
     hpsgd-bench step-overlap [--device cpu|cuda] [--steps 10]   (one rank: step vs slow all-reduce)
     hpsgd-bench netns   [--workers 2,4] [--bandwidth-mbit 200] [--seconds 10] [--out bench/results]
     hpsgd-bench report  [folder]        (one markdown page from the JSON in a results folder)
@@ -72,9 +73,16 @@ def _step_overlap(args) -> int:
 def _overlap(args) -> int:
     from . import overlap
     ratios = [float(x) for x in args.ratios.split(",")]
-    res = overlap.run(ratios=ratios, seconds=args.seconds, workers=args.workers, model=args.model,
-                      repeats=args.repeats)
-    return _emit(args.out, "overlap", res, overlap.table(res), lambda path: overlap.plot(res, path))
+    per_node = args.workers_per_node or 1
+    workers = args.nodes * per_node if args.nodes else args.workers
+    if workers % per_node:
+        print(f"hpsgd-bench overlap: --workers {workers} is not a multiple of --workers-per-node {per_node}",
+              file=sys.stderr)
+        return 2
+    res = overlap.run(ratios=ratios, seconds=args.seconds, workers=workers, model=args.model,
+                      repeats=args.repeats, workers_per_node=per_node)
+    tag = "overlap" if per_node == 1 else f"overlap-{workers // per_node}x{per_node}"
+    return _emit(args.out, tag, res, overlap.table(res), lambda path: overlap.plot(res, path))
 
 
 def _netns(args) -> int:
@@ -136,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--ratios", default="0.5,2,8,32")
     o.add_argument("--seconds", type=float, default=4.0)
     o.add_argument("--workers", type=int, default=2)
+    o.add_argument("--nodes", type=int, default=None,
+                   help="with --workers-per-node: compare the hierarchical set-ups, the link between nodes")
+    o.add_argument("--workers-per-node", type=int, default=None)
     o.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
     o.add_argument("--repeats", type=int, default=1, help="runs per point; the median is reported")
     o.add_argument("--out", default="bench/results")

@@ -12,12 +12,20 @@ Two ranks on shared cores make single runs noisy here (the same run varies by 10
 back to back, drifting with the host's load), so "no communication" runs again at
 every ratio, just before that ratio's algorithms, and every fraction is taken
 against it; ``repeats`` runs of every configuration reduce to the median steps/s.
+
+With a topology (``workers_per_node`` > 1) the sweep compares the hierarchical set-ups
+instead: DDP over all ranks, and DDP or FSDP2 inside each node with a blocking
+average or HPSGD across nodes. Only traffic between nodes is emulated, each rank
+with its share of its node's link; the ratio is then one rank's all-reduce of the
+whole model over that share against one step (FSDP2's ranks send their shards only:
+1 / workers per node of it).
 """
 
 from __future__ import annotations
 
 from ..launch import run_local
 from ..train.__main__ import parse
+from ..train import topology
 from ..train.loop import run_algorithm
 
 CONFIGS = [("hpsgd", {"sync_every": "auto"}, "hpsgd auto"),
@@ -25,6 +33,23 @@ CONFIGS = [("hpsgd", {"sync_every": "auto"}, "hpsgd auto"),
            ("ddp", {}, "ddp"),
            ("localsgd", {"period": 4}, "localsgd H=4"),
            ("localsgd", {"period": 16}, "localsgd H=16")]
+TOPOLOGY_CONFIGS = [("ddp", {}, "ddp (all ranks)"),
+                    ("ddp+avg", {"period": 16}, "ddp+avg H=16"),
+                    ("ddp+hpsgd", {"sync_every": "16"}, "ddp+hpsgd H=16"),
+                    ("fsdp+hpsgd", {"sync_every": "16"}, "fsdp+hpsgd H=16")]
+
+
+def _comm_per_step(algo: str, extra: dict, comm_s: float, per_node: int) -> float:
+    """Seconds of one rank's link time per step that the algorithm needs: DDP once a
+    step, averaging once every period, HPSGD once a window (0: auto adapts)."""
+    if algo == "ddp":
+        return comm_s
+    if algo in ("localsgd", "ddp+avg"):
+        return comm_s / int(extra["period"])
+    if extra["sync_every"] == "auto":
+        return 0.0
+    share = 1.0 / per_node if algo == "fsdp+hpsgd" else 1.0  # FSDP2 ranks send their shards only
+    return comm_s * share / int(extra["sync_every"])
 
 
 def _param_bytes(cfg: dict) -> int:
@@ -44,9 +69,14 @@ def _median_run(repeats: int, workers: int, cfg: dict, algo: str) -> dict:
 
 
 def run(ratios=(0.5, 2.0, 8.0, 32.0), seconds: float = 4.0, workers: int = 2,
-        model: str = "mlp", dataset: str = "synthetic", repeats: int = 1) -> dict:
+        model: str = "mlp", dataset: str = "synthetic", repeats: int = 1,
+        workers_per_node: int = 1) -> dict:
+    """``workers`` ranks in all; ``workers_per_node`` > 1 groups them into nodes."""
     base = parse(["--dataset", dataset, "--model", model, "--seconds", str(seconds), "--evals", "1",
-                  "--quiet", "--network", "loopback", "--workers", str(workers)])
+                  "--quiet", "--network", "loopback", "--workers", str(workers),
+                  "--workers-per-node", str(workers_per_node)])
+    per_node = base["workers_per_node"]
+    configs = TOPOLOGY_CONFIGS if per_node > 1 else CONFIGS
     nones = [_median_run(repeats, workers, base, "none")]
     step_s = 1.0 / nones[0]["steps_per_s"]   # sets the link speeds
     nbytes = _param_bytes(base)
@@ -56,17 +86,11 @@ def run(ratios=(0.5, 2.0, 8.0, 32.0), seconds: float = 4.0, workers: int = 2,
             nones.append(_median_run(repeats, workers, base, "none"))
         here = nones[-1]["steps_per_s"]
         comm_s = r * step_s
-        cfg = dict(base, network="emulated", bandwidth_mbit=nbytes * 8 / comm_s / 1e6, latency_ms=0.0)
-        for algo, extra, label in CONFIGS:
+        # the node's link, which its ranks share (topology.inter_node_link)
+        cfg = dict(base, network="emulated", bandwidth_mbit=per_node * nbytes * 8 / comm_s / 1e6, latency_ms=0.0)
+        for algo, extra, label in configs:
             res = _median_run(repeats, workers, dict(cfg, **extra), algo)
-            if algo == "ddp":
-                per_step = comm_s
-            elif algo == "localsgd":
-                per_step = comm_s / int(extra["period"])
-            elif extra["sync_every"] == "auto":
-                per_step = 0.0
-            else:
-                per_step = comm_s / int(extra["sync_every"])
+            per_step = _comm_per_step(algo, extra, comm_s, per_node)
             points.append({"ratio": r, "label": label, "bandwidth_mbit": cfg["bandwidth_mbit"],
                            "steps_per_s": res["steps_per_s"], "repeats_steps_per_s": res["repeats"],
                            "comm_seconds_per_step": per_step, "none_steps_per_s": here, "final_loss": res["final_loss"],
@@ -124,7 +148,8 @@ def plot(res: dict, path: str) -> None:
     a2.set_ylabel(f"test loss after {res['config']['seconds']:g} s")
     a1.legend(fontsize=8)
     fig.suptitle(f"overlap sweep: {res['config']['dataset']}/{res['config']['model']}, "
-                 f"{res['config']['workers']} workers, emulated link")
+                 f"{topology.describe(res['config'])}, emulated link"
+                 f"{' between nodes' if res['config'].get('workers_per_node', 1) > 1 else ''}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -12,11 +12,29 @@ the same emulated link:
 * ``ceiling``: no synchronisation, while a background thread streams back-to-back
   all-reduces of a model-sized buffer: the speed compute keeps while the transport runs
   (on CPU, Gloo's own CPU cost sets it).
+
+Hierarchical (``--nodes N --workers-per-node M``; a (N, M) DeviceMesh with dims
+"cross" and "intra", see topology.py); the flat ones above span all ranks:
+
+* ``ddp+avg``: DDP inside each node, and every ``--period`` steps a blocking average
+  of the model across nodes (torch's ``PostLocalSGDOptimizer`` with a
+  ``PeriodicModelAverager`` over the cross group: the level of torch's
+  ``HierarchicalModelAverager`` that matters here, since DDP already keeps a node's
+  replicas equal; the averager itself averages over groups of consecutive ranks and,
+  at its longest period, the whole world, not across nodes alone);
+* ``ddp+hpsgd``: DDP inside each node, HPSGD across nodes (mesh dim "cross");
+* ``fsdp+hpsgd``: FSDP2 (``fully_shard``) inside each node, HPSGD across nodes on the
+  local shards.
+
+The hierarchical HPSGDs take a fixed window: ``--sync-every`` if it is a number, else
+``--period``, the blocking average's own (same rounds, blocking against overlapped).
+Auto windows would end at different steps in different cross groups, and a node's
+replicas would drift apart by rounding, which DDP never corrects (README, "Many nodes").
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,8 +42,14 @@ from torch import nn
 
 from ..emulation import EmulatedLink, LinkModel, held_by_link, link_allreduce_hook
 from ..hook import HPSGD
+from . import topology
 
-ALGORITHMS = ("none", "hpsgd", "hpsgd-reset", "ddp", "localsgd", "hpsgd-ref", "ceiling")
+HIERARCHICAL = ("ddp+avg", "ddp+hpsgd", "fsdp+hpsgd")
+ALGORITHMS = ("none", "hpsgd", "hpsgd-reset", "ddp", "localsgd", "hpsgd-ref", "ceiling") + HIERARCHICAL
+
+# Builds the optimizer over the parameters it is given: FSDP2 replaces a module's
+# parameters with sharded ones, so its optimizer can only be built afterwards.
+OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
 
 
 class Algorithm:
@@ -46,12 +70,20 @@ class Algorithm:
 
 
 class _HPSGD(Algorithm):
-    def __init__(self, model, optimizer, link, replica, cfg):
+    """HPSGD over all ranks, or (``mesh`` given) across nodes over dim "cross"."""
+
+    def __init__(self, model, optimizer, link, replica, cfg, mesh=None):
         super().__init__(model, optimizer)
-        sync_every = cfg["sync_every"] if cfg["sync_every"] == "auto" else int(cfg["sync_every"])
+        if mesh is None:
+            sync_every = cfg["sync_every"] if cfg["sync_every"] == "auto" else int(cfg["sync_every"])
+            where = {}
+        else:
+            sync_every = hierarchical_window(cfg)
+            where = {"mesh": mesh, "dim": topology.CROSS}
         self.hp = HPSGD(model, optimizer, sync_every=sync_every, replica=replica,
                         communicator=EmulatedLink(link) if link is not None else None,
-                        comm_dtype=COMM_DTYPES[cfg["comm_dtype"]], timeout=cfg["timeout"])
+                        comm_dtype=COMM_DTYPES[cfg["comm_dtype"]], timeout=cfg["timeout"], **where)
+        self.where = topology.group_ranks(mesh) if mesh is not None else {}
 
     def sync_for_eval(self):
         self.hp.synchronize()
@@ -59,26 +91,45 @@ class _HPSGD(Algorithm):
     def stats(self):
         s = self.hp.stats()
         keep = ("rounds", "local_steps", "steps_per_round", "exposed_seconds", "comm_seconds",
-                "bytes_reduced", "min_window", "step_seconds", "round_cost_seconds")
-        return {k: s[k] for k in keep if k in s}
+                "bytes_reduced", "min_window", "step_seconds", "round_cost_seconds", "extra_bytes")
+        return dict({k: s[k] for k in keep if k in s}, **self.where)
 
     def close(self):
         self.hp.close()
 
 
-class _DDP(Algorithm):
-    def __init__(self, model, optimizer, link):
-        ddp = nn.parallel.DistributedDataParallel(model)
-        if link is not None:
-            ddp.register_comm_hook((link, dist.group.WORLD), link_allreduce_hook)
-        super().__init__(ddp, optimizer)
+def hierarchical_window(cfg: dict) -> int:
+    """The hierarchical HPSGDs' fixed window: --sync-every if a number, else --period."""
+    return int(cfg["period"]) if cfg["sync_every"] == "auto" else int(cfg["sync_every"])
+
+
+def _ddp(model: nn.Module, link: Optional[LinkModel], group=None) -> nn.Module:
+    """DDP over ``group`` (default: all ranks), its every all-reduce held by ``link``."""
+    ddp = nn.parallel.DistributedDataParallel(model, process_group=group)
+    if link is not None:
+        ddp.register_comm_hook((link, group or dist.group.WORLD), link_allreduce_hook)
+    return ddp
+
+
+def _fully_shard(model: nn.Module, mesh) -> nn.Module:
+    """FSDP2 over the mesh's intra dim: each top-level child that holds parameters is
+    one unit (its own all-gather), the root takes the rest. Deeper units could split a
+    module whose forward reads a child's weights directly (MultiheadAttention's
+    out_proj), which FSDP2 would not have gathered."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child, mesh=mesh[topology.INTRA])
+    return fully_shard(model, mesh=mesh[topology.INTRA])
 
 
 class _LinkedAverager:
-    """Builds torch's PeriodicModelAverager, holding each averaging for the link."""
+    """Builds torch's PeriodicModelAverager over ``group``, holding each averaging for
+    the link."""
 
     @staticmethod
-    def make(period: int, link: Optional[LinkModel]):
+    def make(period: int, link: Optional[LinkModel], group=None):
         from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
         class Linked(PeriodicModelAverager):
@@ -88,7 +139,7 @@ class _LinkedAverager:
                 with held_by_link(link if due else None, _nbytes(params)):
                     super().average_parameters(params)
 
-        return Linked(period=period, warmup_steps=0)
+        return Linked(period=period, warmup_steps=0, process_group=group)
 
 
 def _nbytes(params) -> int:
@@ -101,11 +152,14 @@ def _nbytes(params) -> int:
 
 
 class _LocalSGD(Algorithm):
-    def __init__(self, model, optimizer, link, period):
+    """Blocking model averaging every ``period`` steps over ``group`` (all ranks by
+    default); ``model`` may be DDP inside a node, whose replicas stay equal."""
+
+    def __init__(self, model, optimizer, link, period, group=None, where=None):
         from torch.distributed.optim import PostLocalSGDOptimizer
 
-        self.averager = _LinkedAverager.make(period, link)
-        self.link = link
+        self.averager = _LinkedAverager.make(period, link, group)
+        self.link, self.group, self.where = link, group, where or {}
         super().__init__(model, PostLocalSGDOptimizer(optim=optimizer, averager=self.averager))
 
     def sync_for_eval(self):
@@ -113,7 +167,10 @@ class _LocalSGD(Algorithm):
 
         params = list(self.model.parameters())
         with held_by_link(self.link, _nbytes(params)):
-            average_parameters(iter(params), dist.group.WORLD)
+            average_parameters(iter(params), self.group or dist.group.WORLD)
+
+    def stats(self):
+        return dict(self.where)
 
 
 COMM_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -166,18 +223,38 @@ class _Ceiling(Algorithm):
         self.thread.join()
 
 
-def make_algorithm(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+def make_algorithm(name: str, model: nn.Module, make_optimizer: OptimizerFactory,
                    link: Optional[LinkModel], cfg: dict) -> Algorithm:
+    """``link``: the inter-node link as this rank sees it (None: not emulated); the
+    hierarchical algorithms hold only their traffic across nodes by it."""
+    if name in HIERARCHICAL:
+        return _hierarchical(name, model, make_optimizer, link, cfg)
     if name == "none":
-        return Algorithm(model, optimizer)
+        return Algorithm(model, make_optimizer(model.parameters()))
     if name in ("hpsgd", "hpsgd-reset"):
-        return _HPSGD(model, optimizer, link, "keep" if name == "hpsgd" else "reset", cfg)
+        return _HPSGD(model, make_optimizer(model.parameters()), link, "keep" if name == "hpsgd" else "reset", cfg)
     if name == "ddp":
-        return _DDP(model, optimizer, link)
+        return Algorithm(_ddp(model, link), make_optimizer(model.parameters()))
     if name == "localsgd":
-        return _LocalSGD(model, optimizer, link, int(cfg["period"]))
+        return _LocalSGD(model, make_optimizer(model.parameters()), link, int(cfg["period"]))
     if name == "hpsgd-ref":
-        return _Reference(model, optimizer, cfg)
+        return _Reference(model, make_optimizer(model.parameters()), cfg)
     if name == "ceiling":
-        return _Ceiling(model, optimizer)
+        return _Ceiling(model, make_optimizer(model.parameters()))
     raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
+
+
+def _hierarchical(name, model, make_optimizer, link, cfg) -> Algorithm:
+    """DDP or FSDP2 inside each node (fast links: never held), HPSGD or a blocking
+    average across nodes (held by ``link``)."""
+    device = next(model.parameters()).device
+    mesh = topology.make_mesh(cfg, device.type)
+    if name == "fsdp+hpsgd":
+        sharded = _fully_shard(model, mesh)
+        return _HPSGD(sharded, make_optimizer(sharded.parameters()), link, "keep", cfg, mesh=mesh)
+    ddp = _ddp(model, None, mesh.get_group(topology.INTRA))
+    opt = make_optimizer(ddp.parameters())
+    if name == "ddp+hpsgd":
+        return _HPSGD(ddp, opt, link, "keep", cfg, mesh=mesh)
+    return _LocalSGD(ddp, opt, link, int(cfg["period"]), mesh.get_group(topology.CROSS),
+                     where=topology.group_ranks(mesh))

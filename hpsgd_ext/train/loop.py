@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..comm import LinkModel
 from ..launch import init_from_env
+from . import topology
 from .algorithms import make_algorithm
 from .data import DATASETS
 from .models import MODELS
@@ -38,10 +38,8 @@ def run_algorithm(cfg: dict, algo: str) -> dict:
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     torch.manual_seed(cfg["seed"])
     model = MODELS[cfg["model"]](data.x_train.shape[1], data.classes).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
-    emulate = cfg["network"] == "emulated" and cfg["bandwidth_mbit"]
-    link = LinkModel(cfg["bandwidth_mbit"] * 1e6 / 8, cfg["latency_ms"] / 1e3) if emulate else None
-    alg = make_algorithm(algo, model, opt, link, cfg)
+    alg = make_algorithm(algo, model, lambda params: torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"]),
+                         topology.inter_node_link(cfg), cfg)
     ctrl = dist.new_group(backend="gloo")  # stop decisions: tiny, not link-emulated
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] * 1000 + rank)
 

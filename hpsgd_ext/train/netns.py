@@ -11,6 +11,7 @@ leaves the machine.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -35,7 +36,8 @@ def _run(*cmd: str) -> None:
 
 
 class ShapedNetwork:
-    """``workers`` namespaces on a bridge, every link shaped to ``mbit`` Mbit/s.
+    """``workers`` namespaces on a bridge, every link shaped to ``mbit`` Mbit/s. Each
+    namespace is one node: one worker, or the ranks of a node of several.
 
     Use as a context manager; ``address(r)`` is worker r's IP, ``exec_prefix(r)`` the
     command prefix that runs a program inside its namespace."""
@@ -88,6 +90,16 @@ class ShapedNetwork:
             self.close()
             raise
         return self
+
+    def sent_bytes(self) -> int:
+        """Bytes the namespaces have sent out over their shaped links so far (tc's
+        counters on each namespace's end): the traffic that left its node."""
+        total = 0
+        for r in range(self.workers):
+            res = subprocess.run(self.exec_prefix(r) + ["tc", "-s", "qdisc", "show", "dev", "eth0"],
+                                 capture_output=True, text=True, check=True)
+            total += sum(int(n) for n in re.findall(r"Sent (\d+) bytes", res.stdout))
+        return total
 
     def close(self) -> None:
         for kind, name in reversed(self._made):

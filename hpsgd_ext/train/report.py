@@ -7,6 +7,7 @@ import json
 import os
 
 from ..bench.meta import machine
+from . import topology
 
 
 def exposed_percent(run: dict, baseline: dict | None) -> float | None:
@@ -33,11 +34,26 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def setting(cfg: dict) -> str:
+    """Data, model, topology and link in one line (the plot's title, the summary's head)."""
+    topo = topology.describe(cfg)
+    between = "between nodes" if cfg.get("workers_per_node", 1) > 1 else ""
+    if cfg["network"] == "netns":
+        link = f"{cfg['bandwidth_mbit']:g} Mbit/s tbf-shaped links {between}".rstrip()
+    elif cfg["network"] == "emulated" and topology.inter_node_link(cfg) is not None:
+        link = f"{cfg['bandwidth_mbit']:g} Mbit/s, {cfg['latency_ms']:g} ms emulated link {between}".rstrip()
+    else:
+        link = "loopback"
+    if between:
+        link += ", loopback inside"
+    return f"{cfg['dataset']} / {cfg['model']}, {topo}, {link}"
+
+
 def write(runs: list[dict], cfg: dict, out_dir: str) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     text = table(runs)
     with open(os.path.join(out_dir, "summary.txt"), "w") as f:
-        f.write(text + "\n")
+        f.write(setting(cfg) + "\n" + text + "\n")
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"machine": machine(), "config": cfg, "runs": runs}, f, indent=2)
     plot(runs, cfg, os.path.join(out_dir, "accuracy_vs_time.png"))
@@ -54,13 +70,7 @@ def plot(runs: list[dict], cfg: dict, path: str) -> None:
         xs = [c["seconds"] for c in r["curve"]]
         ys = [c["acc"] for c in r["curve"]]
         ax.plot(xs, ys, marker="o", ms=3, label=f"{r['algo']} ({r['steps_per_s']:.0f} steps/s)")
-    if cfg["network"] == "netns":
-        link = f"{cfg['bandwidth_mbit']:g} Mbit/s tbf-shaped links"
-    elif cfg["network"] == "emulated" and cfg["bandwidth_mbit"]:
-        link = f"{cfg['bandwidth_mbit']:g} Mbit/s, {cfg['latency_ms']:g} ms emulated link"
-    else:
-        link = "loopback"
-    ax.set_title(f"{cfg['dataset']} / {cfg['model']}, {cfg['workers']} workers, {link}")
+    ax.set_title(setting(cfg), fontsize=9 if cfg.get("workers_per_node", 1) > 1 else None)
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test accuracy")
     lo = min(min(c["acc"] for c in r["curve"][1:]) for r in runs)
