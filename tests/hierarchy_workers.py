@@ -101,7 +101,7 @@ def node_data(rank):
     return rank // 2 * 7 + rank % 2
 
 
-def ddp_inside_equals_reference(rank, world, replica, H, steps):
+def ddp_inside_equals_reference(rank, world, replica, H, steps, fragments=1):
     """DDP inside each node, then across nodes: HPSGD over the mesh dim, HPSGD over
     the same ranks' process group, and ReferenceHPSGD (plain torch.distributed)
     over that group, each from the same start on the same data."""
@@ -111,7 +111,7 @@ def ddp_inside_equals_reference(rank, world, replica, H, steps):
     for impl in ("mesh", "group", "reference"):
         model = DDP(make_model(seed=rank), process_group=intra)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        kw = dict(sync_every=H, replica=replica, outer_lr=0.8)
+        kw = dict(sync_every=H, replica=replica, outer_lr=0.8, fragments=fragments)
         if impl == "mesh":
             hp = HPSGD(model, opt, mesh=mesh, dim="cross", timeout=30, **kw)
         elif impl == "group":

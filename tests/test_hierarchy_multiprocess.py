@@ -80,6 +80,15 @@ def test_ddp_inside_equals_reference_across_mesh_dim(replica):
         assert v["identical"] and v["moved"] > 1e-3, v
 
 
+def test_ddp_inside_streaming_rounds_across_equal_the_reference():
+    """Streaming rounds across nodes (fragments=2: the model's tensors in two
+    fragments, one closed per boundary) on DDP-averaged steps, against
+    ReferenceHPSGD(fragments=2) over the same ranks."""
+    for v in values(run_ranks(W.ddp_inside_equals_reference, 4, "keep", 2, 11, 2, timeout=90)):
+        assert v["mesh_vs_group"] == 0.0 and v["vs_reference"] <= 1e-6, v
+        assert v["identical"] and v["moved"] > 1e-3, v
+
+
 @pytest.mark.parametrize("replica", ["keep", "reset"])
 def test_fsdp2_inside_hpsgd_across_equals_ddp_inside_and_resumes(replica):
     """FSDP2 over dim "intra", HPSGD over dim "cross" on the local shards (rank i of
