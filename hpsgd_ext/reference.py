@@ -109,6 +109,14 @@ class ReferenceHPSGD:
     ``fragments`` > 1: streaming rounds (docs/round-protocol.md, "Fragments"), each
     boundary sends one fragment's change and merges the previous boundary's round
     (the fragment before it), written out call by call.
+
+    ``comm_dtype`` torch.int8 or torch.float8_e4m3fn: 8-bit wires (docs/round-protocol.md,
+    "8-bit wires"): the change is computed in float32, quantised per block,
+    ``sent`` holds what the wire carried (dequantised), and the reduction is
+    :func:`quantized_all_reduce` (done when issued; merged at the next boundary as
+    any round). ``sent_total`` sums, in float64, everything this rank put on the
+    wire: error feedback's ledger (with "keep", ``sent_total + (p - a - sent)`` is
+    the sum of this rank's own optimizer steps).
     """
 
     def __init__(self, params, optimizer, sync_every: int, replica: str = "keep",
@@ -128,7 +136,8 @@ class ReferenceHPSGD:
                 dist.broadcast(p.data, src=src, group=group)
         adt = lambda p: torch.float32 if p.dtype != torch.float32 else p.dtype  # noqa: E731
         self.anchors = [p.detach().to(adt(p), copy=True) for p in self.params]
-        self.cdt = comm_dtype or self.params[0].dtype
+        self.wire = comm_dtype if comm_dtype in _QMAX else None  # 8-bit: quantised on the wire
+        self.cdt = torch.float32 if self.wire is not None else (comm_dtype or self.params[0].dtype)
         self.moms = [torch.zeros_like(a) for a in self.anchors] if outer_momentum > 0 else None
         of = split_fragments([p.numel() for p in self.params], fragments)
         self.fragments = [[i for i, f in enumerate(of) if f == k] for k in range(fragments)]
@@ -136,8 +145,9 @@ class ReferenceHPSGD:
         # What each fragment last sent, flat over its tensors ("keep" only).
         self.sent = [torch.zeros(sum(self.params[i].numel() for i in idx), dtype=self.cdt, device=dev)
                      if replica == "keep" else None for idx in self.fragments]
-        self.pending = None  # (work, buffer)
+        self.pending = None  # (work or None when done at issue, buffer)
         self.steps = self.rounds = 0
+        self.sent_total = torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float64, device=dev)
         self.handle = optimizer.register_step_post_hook(lambda *_: self._step())
 
     def _step(self):
@@ -149,7 +159,8 @@ class ReferenceHPSGD:
         if self.pending is None:
             return None
         work, buf = self.pending
-        work.wait()
+        if work is not None:
+            work.wait()
         return buf.div_(self.dist.get_world_size(self.group))
 
     def _of(self, k):
@@ -176,7 +187,17 @@ class ReferenceHPSGD:
         out = torch.empty(sum(p.numel() for p in ps), dtype=self.cdt, device=self.params[0].device)
         round_step(ps, an, reduced, out, lr=self.lr, momentum_buffers=moms,
                    momentum=self.mu, nesterov=self.nesterov, sent=sent)
-        self.pending = (self.dist.all_reduce(out, op=self.dist.ReduceOp.SUM, group=self.group, async_op=True), out)
+        if self.wire is None:
+            self.pending = (self.dist.all_reduce(out, op=self.dist.ReduceOp.SUM, group=self.group,
+                                                 async_op=True), out)
+            carried = out
+        else:
+            carried = dequantize_blocks(*quantize_blocks(out, self.wire))
+            if sent is not None:
+                sent.copy_(carried)  # what the wire carries; the rest is sent next round
+            self.pending = (None, quantized_all_reduce(out, self.wire, self.group)[0])
+        first = sum(self.params[i].numel() for i in range(self.fragments[issue][0]))
+        self.sent_total[first:first + out.numel()] += carried.double()
         self.rounds += 1
 
     @torch.no_grad()

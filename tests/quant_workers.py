@@ -47,3 +47,30 @@ def reduce_against_float64(rank, world, dtype_name, n):
             "same_everywhere": all(torch.equal(out, o) for o in _gather(out, world)),
             "feedback_gap": ((out + err_all) - deq_sum).abs().max().item() if n else 0.0,
             "scale": max(s.max().item() for s in scales) if n else 0.0}
+
+
+def reference_error_feedback(rank, world, dtype_name, steps):
+    """ReferenceHPSGD with an 8-bit wire and the keep rule: what this rank put on the
+    wire (sent_total) plus what it still holds (p - a - sent) equals the sum of its
+    own optimizer steps, whatever the quantisation rounded away; the run stays close
+    to the float32 wire's and differs from it (the wire is not ignored)."""
+    from hook_workers import flat_params, make_model, train
+    from hpsgd_ext.reference import ReferenceHPSGD
+    from oracle_workers import StepRecorder
+
+    out = {}
+    for wire in (getattr(torch, dtype_name), None):
+        model = make_model(seed=rank)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        rec = StepRecorder(model.parameters(), opt)  # before the reference: optimizer steps only
+        ref = ReferenceHPSGD(model.parameters(), opt, sync_every=2, replica="keep", comm_dtype=wire)
+        train(model, opt, rank, steps)  # an odd count: a window in progress at the end
+        p = flat_params(model).double()
+        a = torch.cat([t.reshape(-1) for t in ref.anchors]).double()
+        held = p - a - torch.cat(ref.sent).double()
+        gap = (ref.sent_total + held - rec.flat()).abs().max().item()
+        out[wire] = (gap, rec.flat().abs().max().item(), flat_params(model))
+        ref.close()
+        rec.remove()
+    gap, scale, q = out[getattr(torch, dtype_name)]
+    return {"ledger_gap": gap, "moved": scale, "vs_fp32_wire": (q - out[None][2]).abs().max().item()}

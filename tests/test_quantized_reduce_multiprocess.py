@@ -27,6 +27,14 @@ def test_reduction_against_float64(world):
             assert v["feedback_gap"] <= 1e-6 * max(1.0, v["scale"] * 127) * world, v
 
 
+@pytest.mark.parametrize("dtype", ["int8", "float8_e4m3fn"])
+def test_reference_feeds_back_what_the_wire_rounds_away(dtype):
+    # 3 ranks: uneven shards of the 99-element model (one block) in the reduction.
+    for v in values(run_ranks(W.reference_error_feedback, 3, dtype, 9, timeout=90)):
+        assert v["ledger_gap"] <= 1e-5 * max(1.0, v["moved"]), v
+        assert 0 < v["vs_fp32_wire"] < 0.1, v
+
+
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
 def test_quantize_round_trip_and_special_values(dtype):
     x = torch.tensor([0.0] * 512 + [1.0, -2.0, 0.5] + [0.0] * 509 + [3.0])  # 3 blocks, one all zero
