@@ -229,8 +229,9 @@ def quantize_blocks(x: torch.Tensor, dtype: torch.dtype, block: int = QUANT_BLOC
     of ``block`` elements: scale = absmax / qmax (qmax 127 for int8, 448 for
     float8_e4m3fn), code = x / scale rounded to nearest even (int8: clamped to
     +-127, so 0 is exact and the range is symmetric). An all-zero block has scale 0
-    and codes 0; a non-finite element makes its block's scale non-finite, so the
-    dequantised block is not finite and the verdict refuses the round."""
+    and codes 0; a non-finite element makes its block's scale non-finite and its
+    codes 0, so the dequantised block is NaN and the verdict refuses the round
+    (csrc/quant.h, NOTE: [8-bit codec])."""
     if dtype not in _QMAX:
         raise TypeError(f"quantize_blocks: dtype is {dtype}; expected torch.int8 or torch.float8_e4m3fn")
     x32 = x.reshape(-1).float()
@@ -242,6 +243,7 @@ def quantize_blocks(x: torch.Tensor, dtype: torch.dtype, block: int = QUANT_BLOC
     scale = blocks.abs().amax(dim=1) / _QMAX[dtype]
     safe = torch.where(scale == 0, torch.ones_like(scale), scale)
     v = blocks / safe[:, None]
+    v = torch.where(torch.isfinite(scale)[:, None], v, torch.zeros_like(v))  # never a NaN code
     if dtype == torch.int8:
         codes = v.round().clamp(-127, 127).to(torch.int8)
     else:
