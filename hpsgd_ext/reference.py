@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 import torch
 
 __all__ = ["flatten", "unflatten", "delta_flatten", "merge", "round_step", "ReferenceHPSGD",
-           "quantize_blocks", "dequantize_blocks", "quantized_all_reduce"]
+           "quantize_blocks", "dequantize_blocks", "quantized_all_reduce", "quantized_all_reduce_codes",
+           "quantized_shard_sum", "shard_bounds"]
 
 
 def _segments(tensors: Sequence[torch.Tensor], flat: Optional[torch.Tensor]):
@@ -269,38 +270,70 @@ def quantized_all_reduce(x: torch.Tensor, dtype: torch.dtype, group=None, block:
     4. rank j quantises its summed shard again (the owner knows this second
        quantisation's error exactly) and the shards are all-gathered.
 
-    Returns (the dequantised sum on every rank, this rank's re-quantisation error
-    over the whole buffer: non-zero on its own shard only, float32). Bytes on the
-    wire per rank: about 2 (N-1)/N (n + 4 n/block), against 8 (N-1)/N n for a ring
-    all-reduce in float32."""
+    Steps 2-4 are :func:`quantized_all_reduce_codes`. Returns (the dequantised sum on
+    every rank, this rank's re-quantisation error over the whole buffer: non-zero on
+    its own shard only, float32). Bytes on the wire per rank: about 2 (N-1)/N (n + 4
+    n/block), against 8 (N-1)/N n for a ring all-reduce in float32."""
+    codes, scale = quantize_blocks(x, dtype, block)
+    out_codes, out_scales, (lo, hi), mine = _reduce_codes(codes, scale, group, block)
+    out = dequantize_blocks(out_codes, out_scales, block)
+    error = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
+    error[lo:hi] = mine - out[lo:hi]
+    return out, error
+
+
+def quantized_all_reduce_codes(codes: torch.Tensor, scale: torch.Tensor, group=None,
+                               block: int = QUANT_BLOCK):
+    """Steps 2-4 of :func:`quantized_all_reduce` from codes and scales already made
+    (what ``Communicator.quantized_all_reduce_async`` does): returns the
+    re-quantised sum's (codes, scales), the same on every rank. Quantising a
+    dequantised block does not always give back its scale (``(s * 127) / 127`` is
+    not ``s`` for about 1% of floats), so the communicator is tested against this."""
+    out_codes, out_scales, _, _ = _reduce_codes(codes, scale, group, block)
+    return out_codes, out_scales
+
+
+def quantized_shard_sum(codes: torch.Tensor, scale: torch.Tensor, sources: int,
+                        block: int = QUANT_BLOCK):
+    """The owner's step (``hpsgd.quantized_shard_sum``): ``codes`` holds ``sources``
+    shards of equal length one after the other (rank order), ``scale`` their scales
+    likewise; dequantise each, sum in float32 from 0 in source order, re-quantise.
+    Returns (codes, scales, the float32 sum)."""
+    m, k = codes.numel() // sources, scale.numel() // sources
+    mine = torch.zeros(m, dtype=torch.float32, device=codes.device)
+    for s in range(sources):  # rank order
+        mine += dequantize_blocks(codes[s * m:(s + 1) * m], scale[s * k:(s + 1) * k], block)
+    q, sc = quantize_blocks(mine, codes.dtype, block)
+    return q, sc, mine
+
+
+def shard_bounds(n: int, world: int, block: int = QUANT_BLOCK):
+    """Each rank's shard of an ``n``-element buffer: [(first block, end block),
+    ...], [(first element, end element), ...]; ceil(blocks / world) blocks each, the
+    last shards short or empty."""
+    nb = (n + block - 1) // block
+    per = (nb + world - 1) // world
+    blocks = [(min(r * per, nb), min((r + 1) * per, nb)) for r in range(world)]
+    return blocks, [(min(lo * block, n), min(hi * block, n)) for lo, hi in blocks]
+
+
+def _reduce_codes(codes, scale, group, block):
     import torch.distributed as dist
 
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    n = x.numel()
-    nb = (n + block - 1) // block
-    per = (nb + world - 1) // world  # blocks per shard; the last shards may be short or empty
-    blocks = [(min(r * per, nb), min((r + 1) * per, nb)) for r in range(world)]  # each shard's
-    bounds = [(min(lo * block, n), min(hi * block, n)) for lo, hi in blocks]        # and its elements
-    codes, scale = quantize_blocks(x, dtype, block)
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    dtype = codes.dtype
+    blocks, bounds = shard_bounds(codes.numel(), world, block)
     sizes = [b - a for a, b in bounds]  # elements of each shard
     nblk = [hi - lo for lo, hi in blocks]  # its scales
-    me = rank
     # Reduce-scatter: rank j receives every rank's shard j, codes as bytes (Gloo has
     # no 8-bit float type) and their scales.
     got = _exchange(codes.view(torch.uint8), sizes, [sizes[me]] * world, group)
     got_scales = _exchange(scale, nblk, [nblk[me]] * world, group)
-    mine = torch.zeros(sizes[me], dtype=torch.float32, device=x.device)
-    for c, sc in zip(got.split(sizes[me]), got_scales.split(nblk[me])):  # rank order
-        mine += dequantize_blocks(c.view(dtype), sc, block)
-    q2, s2 = quantize_blocks(mine, dtype, block)
-    error = torch.zeros(n, dtype=torch.float32, device=x.device)
-    error[bounds[me][0]:bounds[me][1]] = mine - dequantize_blocks(q2, s2, block)
+    q2, s2, mine = quantized_shard_sum(got.view(dtype), got_scales, world, block)
     # All-gather: every rank's re-quantised shard to every rank.
     shards = _exchange(q2.view(torch.uint8).repeat(world), [sizes[me]] * world, sizes, group)
     scales = _exchange(s2.repeat(world), [nblk[me]] * world, nblk, group)
-    out = torch.cat([dequantize_blocks(c.view(dtype), sc, block)
-                     for c, sc in zip(shards.split(sizes), scales.split(nblk))])
-    return out, error
+    return shards.view(dtype), scales, bounds[me], mine
 
 
 def _exchange(send: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], group) -> torch.Tensor:
