@@ -19,4 +19,8 @@ TORCH_LIBRARY(hpsgd, m) {
   m.def(
       "reduced_verdict(Tensor[] flats, int[] numels, int world, Tensor? valid, "
       "Tensor(a!) info) -> ()");
+  // The 8-bit reduction's owner step (docs/round-protocol.md, "8-bit wires").
+  m.def(
+      "quantized_shard_sum(Tensor codes, Tensor scales, int sources, Tensor(a!) out_codes, "
+      "Tensor(b!) out_scales) -> ()");
 }

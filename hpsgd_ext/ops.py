@@ -160,3 +160,28 @@ def _own_flag_fake(flat, numel, rank, world, check=True):
 @torch.library.register_fake("hpsgd::reduced_verdict")
 def _reduced_verdict_fake(flats, numels, world, valid, info):
     return None
+
+
+# --------------------------------------------------------------------------- 8-bit wires (issue 14)
+def quantized_shard_sum(codes: torch.Tensor, scales: torch.Tensor, sources: int,
+                        out_codes: Optional[torch.Tensor] = None,
+                        out_scales: Optional[torch.Tensor] = None):
+    """The owner's step of the 8-bit reduction (docs/round-protocol.md, "8-bit
+    wires"): ``codes`` (int8 or float8_e4m3fn) holds ``sources`` equal shards one after
+    the other in rank order, ``scales`` (float32) their block scales likewise;
+    returns ``(out_codes, out_scales)``: the float32 sum of the dequantised shards
+    (from 0, in source order, no fused multiply-add) re-quantised per block of 512.
+    Bit for bit :func:`hpsgd_ext.reference.quantized_shard_sum`."""
+    sources = int(sources)
+    if out_codes is None:
+        out_codes = torch.empty(codes.numel() // max(sources, 1), dtype=codes.dtype, device=codes.device)
+    if out_scales is None:
+        out_scales = torch.empty((out_codes.numel() + 511) // 512, dtype=torch.float32,
+                                 device=codes.device)
+    torch.ops.hpsgd.quantized_shard_sum(codes, scales, sources, out_codes, out_scales)
+    return out_codes, out_scales
+
+
+@torch.library.register_fake("hpsgd::quantized_shard_sum")
+def _quantized_shard_sum_fake(codes, scales, sources, out_codes, out_scales):
+    return None

@@ -210,8 +210,9 @@ def test_preload_kernels_loads_every_kernel():
         pytest.skip("built without CUDA")
     ks = ops.preload_kernels()
     # flatten/unflatten: 9 dtype pairs each; delta_flatten, merge and 6 round_step
-    # variants: 15 dtype combinations each; the verdict's 3 (csrc/cuda/verdict_cuda.cu)
-    assert len(ks) == 2 * 9 + 8 * 15 + 3
+    # variants: 15 dtype combinations each; the verdict's 3 (csrc/cuda/verdict_cuda.cu);
+    # the 8-bit reduction's 3 (csrc/cuda/quant_sum_cuda.cu)
+    assert len(ks) == 2 * 9 + 8 * 15 + 3 + 3
     assert len({k["name"] for k in ks}) == len(ks)
     for k in ks:
         assert k["registers"] > 0 and k["max_threads"] >= 256 and k["blocks_per_sm"] >= 1

@@ -425,6 +425,7 @@ std::vector<KernelInfo> preload_kernels() {
           });
         }
   for (KernelInfo& k : verdict_kernels()) out.push_back(std::move(k));
+  for (KernelInfo& k : quant_sum_kernels()) out.push_back(std::move(k));
   return out;
 }
 

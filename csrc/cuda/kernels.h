@@ -24,6 +24,9 @@ std::vector<KernelInfo> preload_kernels();
 
 // The verdict's kernels (csrc/cuda/verdict_cuda.cu), which preload_kernels includes.
 std::vector<KernelInfo> verdict_kernels();
+// The 8-bit reduction's kernels (csrc/cuda/quant_sum_cuda.cu), which the NCCL
+// transport launches behind its own collectives: preloaded too.
+std::vector<KernelInfo> quant_sum_kernels();
 
 }  // namespace cuda
 }  // namespace hpsgd
