@@ -193,6 +193,27 @@ class Communicator:
         with label("hpsgd.all_reduce_async"):
             return self._live().all_reduce_async(flat, average)
 
+    def quantized_all_reduce_async(self, codes: torch.Tensor, scales: torch.Tensor,
+                                   extra: int = 0) -> Work:
+        """Start the 8-bit reduction (docs/round-protocol.md, "8-bit wires") in place;
+        returns its :class:`Work`, scheduled and ordered like :meth:`all_reduce_async`.
+
+        ``codes``: 1-D contiguous int8 or float8_e4m3fn, ``n`` block-quantised
+        elements (blocks of 512, :func:`hpsgd_ext.reference.quantize_blocks`);
+        ``scales``: 1-D contiguous float32 on the same device, one scale per block
+        followed by ``extra`` float32 slots. On completion every rank holds the same
+        bytes: ``codes`` and the block scales are the re-quantised SUM over ranks (each
+        owner of a shard dequantises every rank's shard, sums in float32 in rank
+        order, re-quantises: :func:`hpsgd_ext.reference.quantized_all_reduce_codes`),
+        and the extra slots the float32 sum over ranks in rank order. A non-finite
+        input block (non-finite scale) gives a NaN scale in that block everywhere.
+        ``stats()["bytes"]`` counts what this rank sends in both phases. On the c10d
+        transport the second phase is issued from the first one's completion; nothing
+        else may be issued on its process group meanwhile (this communicator's later
+        collectives wait for it)."""
+        with label("hpsgd.quantized_all_reduce_async"):
+            return self._live().quantized_all_reduce_async(codes, scales, int(extra))
+
     def check(self) -> None:
         """Raise the communicator's recorded failure, if any, as the type it failed
         with (:class:`CommTimeoutError` for a missed deadline, :class:`CommError`

@@ -74,3 +74,124 @@ def reference_error_feedback(rank, world, dtype_name, steps):
         rec.remove()
     gap, scale, q = out[getattr(torch, dtype_name)]
     return {"ledger_gap": gap, "moved": scale, "vs_fp32_wire": (q - out[None][2]).abs().max().item()}
+
+
+# --------------------------------------------------------------------------- the communicator's 8-bit reduction
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same bytes; NaN matches any NaN (the oracle's NaN payload is torch's)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype == torch.float32:
+        na, nb = torch.isnan(a), torch.isnan(b)
+        return torch.equal(na, nb) and torch.equal(a[~na].view(torch.int32), b[~nb].view(torch.int32))
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def _inputs(rank, dtype, n, extra, bad_block, case):
+    g = torch.Generator().manual_seed(1000 * case + rank)
+    x = torch.randn(n, generator=g) * torch.logspace(-2, 2, n, dtype=torch.float32) * (1 + rank)
+    if n > 600:
+        x[512:1024] = 0.0  # an all-zero block: scale 0 on every rank
+    if bad_block is not None and rank == 1 % max(1, dist.get_world_size()):
+        x[bad_block * QUANT_BLOCK] = float("inf")  # scale inf, codes 0
+    codes, scale = quantize_blocks(x, dtype)
+    extras = torch.randn(extra, generator=g) * 10 ** rank
+    return codes, torch.cat([scale, extras])
+
+
+def _expected(codes, scales, nb, extra, world):
+    from hpsgd_ext.reference import quantized_all_reduce_codes
+
+    want_codes, want_scales = quantized_all_reduce_codes(codes, scales[:nb].contiguous())
+    total = torch.zeros(extra)
+    for t in _gather(scales[nb:].contiguous(), world):  # rank order, float32, from 0
+        total = total + t
+    return want_codes, torch.cat([want_scales, total])
+
+
+def comm_quantized_cases(rank, world, cases, device="cpu"):
+    """Each (dtype name, n, extra, non-finite block or None) through
+    Communicator.quantized_all_reduce_async against the oracle started from the
+    same codes: the same bytes, on every rank; bytes counted as sent. ``device``
+    "cuda": the buffers on the GPU, reduced by the c10d transport over Gloo."""
+    from hpsgd_ext import Communicator
+    from hpsgd_ext.reference import shard_bounds
+
+    if device == "cuda":
+        torch.cuda.set_device(0)
+        comm = Communicator(device="cuda", transport="c10d", timeout=30)
+    else:
+        comm = Communicator(timeout=30)
+    out = []
+    for i, (dtype_name, n, extra, bad) in enumerate(cases):
+        dtype = getattr(torch, dtype_name)
+        codes, scales = _inputs(rank, dtype, n, extra, bad, i)
+        nb = (n + QUANT_BLOCK - 1) // QUANT_BLOCK
+        want_codes, want_scales = _expected(codes, scales, nb, extra, world)
+        before = comm.stats()["bytes"]
+        dev_codes, dev_scales = codes.to(device), scales.to(device)
+        work = comm.quantized_all_reduce_async(dev_codes, dev_scales, extra)
+        work.wait()
+        codes, scales = dev_codes.cpu(), dev_scales.cpu()
+        blocks, bounds = shard_bounds(n, world)
+        sizes = [b - a for a, b in bounds]
+        nblk = [b - a for a, b in blocks]
+        sent = sum(sizes[d] + 4 * (nblk[d] + extra) for d in range(world) if d != rank)
+        if nb:
+            sent += (world - 1) * (sizes[rank] + 4 * nblk[rank])
+        everyone = _gather(torch.cat([codes.view(torch.uint8), scales.view(torch.uint8)]), world)
+        out.append({
+            "case": (dtype_name, n, extra, bad),
+            "codes": _bits_equal(codes, want_codes),
+            "scales": _bits_equal(scales, want_scales),
+            "same_everywhere": all(torch.equal(everyone[0], e) for e in everyone),
+            "bytes": (comm.stats()["bytes"] - before, work.bytes, sent),
+            "nan_scale": bool(torch.isnan(scales[bad]).item()) if bad is not None else None,
+            "finite_elsewhere": bool(torch.isfinite(torch.cat([scales[:bad], scales[bad + 1:nb]])).all())
+            if bad is not None else None,
+        })
+    comm.close()
+    return out
+
+
+def comm_quantized_order(rank, world):
+    """Two 8-bit reductions and an all_reduce issued back to back, nobody waiting in
+    between: each lands what it would alone, in issue order."""
+    from hpsgd_ext import Communicator
+
+    comm = Communicator(timeout=30)
+    a = _inputs(rank, torch.int8, 5000, 3, None, 1)
+    b = _inputs(rank, torch.float8_e4m3fn, 1030, 0, None, 2)
+    flat = torch.full((777,), float(rank + 1))
+    want_a = _expected(*a, 10, 3, world)
+    want_b = _expected(*b, 3, 0, world)
+    works = [comm.quantized_all_reduce_async(*a, 3), comm.quantized_all_reduce_async(*b),
+             comm.all_reduce_async(flat, average=False)]
+    works[-1].wait()
+    done = [w.is_completed() for w in works]
+    return {"done": done, "seq": [w.seq for w in works],
+            "a": _bits_equal(a[0], want_a[0]) and _bits_equal(a[1], want_a[1]),
+            "b": _bits_equal(b[0], want_b[0]) and _bits_equal(b[1], want_b[1]),
+            "flat": bool((flat == world * (world + 1) / 2).all())}
+
+
+def comm_quantized_silent_rank(rank, world, timeout):
+    """The last rank never calls: the others' Work fails with CommTimeoutError
+    within the deadline, naming the collective."""
+    import time
+
+    import hpsgd_ext
+    from hpsgd_ext import Communicator
+
+    comm = Communicator(timeout=timeout)
+    if rank == world - 1:
+        time.sleep(timeout + 3)
+        return "silent"
+    codes, scales = _inputs(rank, torch.int8, 3000, 2, None, 0)
+    t0 = time.monotonic()
+    work = comm.quantized_all_reduce_async(codes, scales, 2)
+    try:
+        work.wait()
+    except hpsgd_ext.CommTimeoutError as e:
+        return {"raised": "CommTimeoutError", "after": time.monotonic() - t0, "message": str(e)}
+    return {"raised": None}

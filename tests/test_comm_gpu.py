@@ -170,3 +170,35 @@ def test_c10d_transport_reduces_cuda_buffers_over_gloo(world_of_one):
         assert w.is_completed()
         assert torch.equal(x, ref)
     comm.close()
+
+
+@pytest.mark.parametrize("transport", ["nccl", "c10d"])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+def test_quantized_all_reduce_world_of_one(world_of_one, transport, dtype):
+    """The 8-bit reduction on the comm stream (NCCL: self send/recv, the shard-sum and
+    extra-sum kernels) or staged through Gloo: one rank's result is the oracle's."""
+    from hpsgd_ext.reference import quantize_blocks, quantized_all_reduce_codes
+
+    comm = Communicator(device="cuda", transport=transport, timeout=30)
+    for n, extra in [(0, 2), (1, 0), (513, 3), (100_003, 1)]:
+        g = torch.Generator().manual_seed(n)
+        x = torch.randn(n, generator=g) * torch.logspace(-3, 3, n)
+        if n > 1000:
+            x[700] = float("inf")  # block 1: scale inf in, NaN out (0 * inf)
+        codes, scale = quantize_blocks(x, dtype)
+        want_codes, want_scales = quantized_all_reduce_codes(codes, scale)
+        extras = torch.randn(extra, generator=g)
+        c, s = codes.cuda(), torch.cat([scale, extras]).cuda()
+        work = comm.quantized_all_reduce_async(c, s, extra)
+        work.synchronize_stream()
+        work.wait()
+        assert torch.equal(c.cpu().view(torch.uint8), want_codes.view(torch.uint8)), n
+        got = s.cpu()
+        nb = scale.numel()
+        assert torch.equal(torch.isnan(got[:nb]), torch.isnan(want_scales)), n
+        ok = ~torch.isnan(want_scales)
+        assert torch.equal(got[:nb][ok], want_scales[ok]) and torch.equal(got[nb:], extras), n
+        if n > 1000:
+            assert torch.isnan(got[1]), n
+    assert comm.stats()["bytes"] == 0
+    comm.close()

@@ -83,6 +83,13 @@ void bind_comm(py::module_& m) {
           },
           "flat"_a, "average"_a = true)
       .def(
+          "quantized_all_reduce_async",
+          [](Transport& t, const at::Tensor& codes, const at::Tensor& scales, int64_t extra) {
+            py::gil_scoped_release nogil;
+            return t.quantized_all_reduce(codes, scales, extra);
+          },
+          "codes"_a, "scales"_a, "extra"_a = 0)
+      .def(
           "abort",
           [](Transport& t, const std::string& reason) {
             py::gil_scoped_release nogil;

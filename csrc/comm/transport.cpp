@@ -195,17 +195,59 @@ std::shared_ptr<Work> Transport::all_reduce(const at::Tensor& flat, bool average
   HPSGD_CHECK_ARG(flat.is_contiguous() && flat.layout() == at::kStrided,
                   "all_reduce_async: flat is not a contiguous dense tensor; expected one "
                   "(the reduction is written in place)");
-  check_buffer(flat);
+  check_buffer(flat, "all_reduce_async: flat");
+  return schedule("all_reduce", flat.numel() * flat.element_size(),
+                  [&](int64_t seq, std::shared_ptr<Work> previous, double issued, double hold,
+                      double deadline) {
+                    return issue(flat, average, seq, std::move(previous), issued, hold, deadline);
+                  });
+}
 
+std::shared_ptr<Work> Transport::quantized_all_reduce(const at::Tensor& codes,
+                                                      const at::Tensor& scales, int64_t extra) {
+  const char* op = "quantized_all_reduce_async";
+  check_usable();
+  if (closed_.load()) throw CommFailure(std::string(op) + ": the communicator is closed");
+  HPSGD_CHECK_ARG(codes.defined(), op, ": codes is undefined; expected a tensor");
+  HPSGD_CHECK_ARG(scales.defined(), op, ": scales is undefined; expected a tensor");
+  HPSGD_CHECK_TYPE(codes.scalar_type() == at::kChar || codes.scalar_type() == at::kFloat8_e4m3fn,
+                   op, ": codes has dtype ", codes.scalar_type(),
+                   "; expected int8 or float8_e4m3fn (8-bit codes, csrc/quant.h)");
+  HPSGD_CHECK_TYPE(scales.scalar_type() == at::kFloat, op, ": scales has dtype ",
+                   scales.scalar_type(), "; expected float32");
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{codes, "codes"},
+                                std::pair<const at::Tensor&, const char*>{scales, "scales"}})
+    HPSGD_CHECK_ARG(t.dim() == 1 && t.is_contiguous() && t.layout() == at::kStrided, op, ": ",
+                    name, " is not a contiguous dense 1-D tensor (", t.dim(),
+                    " dimensions, strides ", t.strides(),
+                    "); expected one (the reduction is written in place)");
+  HPSGD_CHECK_ARG(extra >= 0, op, ": extra is ", extra, "; expected an int >= 0");
+  const int64_t nb = quant::num_blocks(codes.numel());
+  HPSGD_CHECK_ARG(scales.numel() == nb + extra, op, ": scales has ", scales.numel(),
+                  " elements; expected one per block of ", quant::kBlock, " codes (", nb,
+                  " for ", codes.numel(), " codes) plus extra (", extra, "): ", nb + extra);
+  HPSGD_CHECK_ARG(scales.device() == codes.device(), op, ": scales is on ", scales.device(),
+                  " but codes is on ", codes.device(), "; expected both on one device");
+  check_buffer(codes, "quantized_all_reduce_async: codes");
+  QuantizedPlan plan(codes, scales, extra, world());
+  return schedule("quantized_all_reduce", plan.bytes_sent(rank()),
+                  [&](int64_t seq, std::shared_ptr<Work> previous, double issued, double hold,
+                      double deadline) {
+                    return issue_quantized(plan, seq, std::move(previous), issued, hold, deadline);
+                  });
+}
+
+template <class Issue>
+std::shared_ptr<Work> Transport::schedule(const char* what, int64_t nbytes, Issue&& issue_fn) {
   std::string failure;
   ErrorKind kind = ErrorKind::kFailure;
   std::vector<std::shared_ptr<Work>> done;  // completed Works, released outside the locks
   {
     std::lock_guard<std::mutex> lock(issue_mu_);  // one issue order on every rank
-    if (closed_.load()) throw CommFailure("all_reduce_async: the communicator is closed");
+    if (closed_.load()) throw CommFailure(std::string(what) + "_async: the communicator is closed");
     check_usable();
     const double issued = now_s();
-    const double bytes = static_cast<double>(flat.numel() * flat.element_size());
+    const double bytes = static_cast<double>(nbytes);
     const double hold = link_ ? link_->reserve(bytes, issued) : 0.0;
     // The deadline counts from when the collective can start on the link (after
     // the ones before it), not from its modelled finish: a transfer that the link
@@ -220,20 +262,20 @@ std::shared_ptr<Work> Transport::all_reduce(const at::Tensor& flat, bool average
       if (!inflight_.empty()) previous = inflight_.back();
     }
     try {
-      auto work = issue(flat, average, seq, std::move(previous), issued, hold, deadline);
+      auto work = issue_fn(seq, std::move(previous), issued, hold, deadline);
       {
         std::lock_guard<std::mutex> in(inflight_mu_);
         inflight_.push_back(work);
       }
       next_seq_ += 1;
-      state_->count_issued(static_cast<int64_t>(bytes));
+      state_->count_issued(nbytes);
       return work;
     } catch (const CommTimeout& e) {
       kind = ErrorKind::kTimeout;
-      failure = "issuing all_reduce #" + std::to_string(seq) + " on rank " +
+      failure = std::string("issuing ") + what + " #" + std::to_string(seq) + " on rank " +
                 std::to_string(rank()) + " timed out: " + e.what() + "; the communicator was aborted";
     } catch (const std::exception& e) {
-      failure = "issuing all_reduce #" + std::to_string(seq) + " on rank " +
+      failure = std::string("issuing ") + what + " #" + std::to_string(seq) + " on rank " +
                 std::to_string(rank()) + " failed: " + e.what() + "; the communicator was aborted";
     }
   }

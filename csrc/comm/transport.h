@@ -44,6 +44,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -56,6 +57,7 @@
 #include <utility>
 #include <vector>
 
+#include "../quant.h"
 #include "link_model.h"
 #include "work.h"
 
@@ -107,6 +109,36 @@ class CommState {
 
 class Transport;
 
+// One 8-bit reduction's layout (docs/round-protocol.md, "8-bit wires"): rank r
+// owns blocks [block_lo(r), block_lo(r) + blocks(r)) and their elements; every
+// rank derives the same plan from n, so the sizes every peer sends are known.
+struct QuantizedPlan {
+  at::Tensor codes, scales;
+  int64_t n, nb, extra, world, per;
+  bool fp8;
+  QuantizedPlan(at::Tensor c, at::Tensor s, int64_t extra_slots, int64_t world_size)
+      : codes(std::move(c)), scales(std::move(s)), n(codes.numel()), nb(quant::num_blocks(n)),
+        extra(extra_slots), world(world_size), per((nb + world_size - 1) / world_size),
+        fp8(codes.scalar_type() == at::kFloat8_e4m3fn) {}
+  int64_t block_lo(int64_t r) const { return std::min(r * per, nb); }
+  int64_t blocks(int64_t r) const { return std::min((r + 1) * per, nb) - block_lo(r); }
+  int64_t elem_lo(int64_t r) const { return std::min(block_lo(r) * quant::kBlock, n); }
+  int64_t elems(int64_t r) const {
+    return std::min((block_lo(r) + blocks(r)) * quant::kBlock, n) - elem_lo(r);
+  }
+  // Bytes rank r sends to rank d in the all-to-all (codes, scales, extra slots).
+  int64_t scatter_bytes(int64_t d) const { return elems(d) + 4 * (blocks(d) + extra); }
+  // Bytes rank r sends to each other rank in the all-gather (its shard).
+  int64_t gather_bytes(int64_t r) const { return nb == 0 ? 0 : elems(r) + 4 * blocks(r); }
+  // What rank r puts on the wire in both phases (nothing to itself).
+  int64_t bytes_sent(int64_t r) const {
+    int64_t b = 0;
+    for (int64_t d = 0; d < world; ++d)
+      if (d != r) b += scatter_bytes(d) + gather_bytes(r);
+    return b;
+  }
+};
+
 // See NOTE: [watchdog].
 class Watchdog {
  public:
@@ -147,6 +179,13 @@ class Transport : public std::enable_shared_from_this<Transport> {
   // Checks the buffer, books the emulated link, chains issue order, then hands
   // over to the concrete transport.
   std::shared_ptr<Work> all_reduce(const at::Tensor& flat, bool average = true);
+  // The 8-bit reduction (docs/round-protocol.md, "8-bit wires"), in place: `codes`
+  // (int8 or float8_e4m3fn, n elements) and `scales[:num_blocks(n)]` become the
+  // re-quantised sum over ranks, the same bytes on every rank; the `extra`
+  // float32 slots after the scales become their plain sum over ranks (rank
+  // order). Scheduled like all_reduce; `bytes` counts both phases.
+  std::shared_ptr<Work> quantized_all_reduce(const at::Tensor& codes, const at::Tensor& scales,
+                                             int64_t extra);
 
   // Stops everything: in-flight and later collectives raise CommFailure.
   void abort(const std::string& why);
@@ -185,18 +224,26 @@ class Transport : public std::enable_shared_from_this<Transport> {
   virtual std::shared_ptr<Work> issue(const at::Tensor& flat, bool average, int64_t seq,
                                       std::shared_ptr<Work> previous, double issued_at,
                                       double hold_until, double deadline) = 0;
+  virtual std::shared_ptr<Work> issue_quantized(const QuantizedPlan& plan, int64_t seq,
+                                                std::shared_ptr<Work> previous, double issued_at,
+                                                double hold_until, double deadline) = 0;
   virtual void abort_transport() = 0;
   // Called once by close(), after the watchdog stopped. Must not block on peers.
   virtual void close_transport() {}
   // Polled by the watchdog every tick (NCCL: asynchronous errors). Throws on error.
   virtual void poll_transport() {}
-  virtual void check_buffer(const at::Tensor& flat) const = 0;
+  // `what` names the argument in errors ("all_reduce_async: flat").
+  virtual void check_buffer(const at::Tensor& flat, const char* what) const = 0;
 
   // Stops the watchdog; derived destructors call it before tearing down.
   void stop_watchdog();
 
  private:
   void prune_locked(std::vector<std::shared_ptr<Work>>& out);  // caller holds inflight_mu_
+  // The scheduling every collective shares: issue order, link booking,
+  // deadline, in-flight list, counters; `issue` does the transport's part.
+  template <class Issue>
+  std::shared_ptr<Work> schedule(const char* what, int64_t bytes, Issue&& issue);
 
   std::shared_ptr<CommState> state_;
   std::shared_ptr<LinkModel> link_;

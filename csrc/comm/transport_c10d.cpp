@@ -21,7 +21,11 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <cstring>
+
 #include "../checks.h"
+#include "../quant_sum_ops.h"
+#include "clock.h"
 #include "transport_c10d.h"
 
 namespace hpsgd::comm {
@@ -35,12 +39,23 @@ struct Completion {
   std::string error;
 };
 
+// Reports a completion or an error to waiters.
+void finish(Completion& c, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.done = error.empty();
+    c.error = error;
+  }
+  c.cv.notify_all();
+}
+
 class C10dWork final : public Work {
  public:
   C10dWork(const std::shared_ptr<Transport>& t, at::Tensor flat, int64_t seq,
            std::shared_ptr<Work> prev, double issued, double hold, double deadline,
-           c10::intrusive_ptr<c10d::Work> work, std::shared_ptr<Completion> c)
-      : Work(t, std::move(flat), seq, std::move(prev), issued, hold, deadline),
+           c10::intrusive_ptr<c10d::Work> work, std::shared_ptr<Completion> c,
+           const char* what = "all_reduce", int64_t bytes = -1)
+      : Work(t, std::move(flat), seq, std::move(prev), issued, hold, deadline, what, bytes),
         work_(std::move(work)),
         completion_(std::move(c)) {}
 
@@ -90,9 +105,9 @@ C10dTransport::C10dTransport(c10::intrusive_ptr<c10d::ProcessGroup> pg, double t
 
 C10dTransport::~C10dTransport() { stop_watchdog(); }
 
-void C10dTransport::check_buffer(const at::Tensor& flat) const {
+void C10dTransport::check_buffer(const at::Tensor& flat, const char* what) const {
   HPSGD_CHECK_ARG(flat.device().is_cpu() || (flat.is_cuda() && (backend_ == "nccl" || backend_ == "gloo")),
-                  "all_reduce_async: flat is on ", flat.device(), " but the c10d transport over ",
+                  what, " is on ", flat.device(), " but the c10d transport over ",
                   backend_, " reduces CPU tensors; expected a CPU tensor (CUDA buffers need a "
                   "gloo or nccl group)");
 }
@@ -106,6 +121,7 @@ std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, bool average,
     pg = pg_;
   }
   HPSGD_CHECK(pg, "the communicator is closed");
+  await_previous_phases(deadline);
   std::vector<at::Tensor> tensors{flat};
   c10d::AllreduceOptions opts;
   // Gloo has no mean: sum, then divide once the sum has landed. Sum mode (the
@@ -132,15 +148,181 @@ std::shared_ptr<Work> C10dTransport::issue(const at::Tensor& flat, bool average,
             error = e.what();
           }
         }
-        {
-          std::lock_guard<std::mutex> lock(completion->mu);
-          completion->done = error.empty();
-          completion->error = error;
-        }
-        completion->cv.notify_all();
+        finish(*completion, error);
       });
   return std::make_shared<C10dWork>(shared_from_this(), flat, seq, std::move(previous), issued_at,
                                     hold_until, deadline, std::move(work), std::move(completion));
+}
+
+// NOTE: [c10d phases]
+// The 8-bit reduction is two collectives on the group (docs/round-protocol.md,
+// "8-bit wires"): an all-to-all of packed bytes (per destination: its shard's
+// codes, their scales, this rank's extra slots), then, from that one's
+// completion callback on the group's thread, the owner's sum on the host
+// (quantized_shard_sum_cpu) and an all-to-all of the owners' shards (Gloo has
+// no ragged all-gather). The caller never waits for phase 1; the Work completes
+// with phase 2. A group pairs collectives by issue order, so nothing may be
+// issued on it between the two phases: the next issue on this transport waits
+// (within its own deadline) until phase 2 was handed to the group. Collectives
+// the user issues directly on the same group meanwhile would break that order.
+struct PhaseGate {
+  std::mutex mu;
+  std::condition_variable cv;
+  int state = 0;  // 0: phase 2 not issued yet, 1: issued, 2: will never be
+  std::string error;
+  void open(int to, const std::string& why = "") {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (state != 0) return;
+      state = to;
+      error = why;
+    }
+    cv.notify_all();
+  }
+};
+
+void C10dTransport::await_previous_phases(double deadline) {
+  if (!gate_) return;
+  {
+    std::unique_lock<std::mutex> lock(gate_->mu);
+    while (gate_->state == 0) {
+      if (aborted()) throw CommFailure("the communicator was aborted");
+      const double left = deadline - now_s();
+      if (left <= 0)
+        throw CommTimeout("the previous quantized_all_reduce's all-to-all did not complete within "
+                          "this collective's deadline, so its all-gather (which must precede this "
+                          "one on every rank) was never issued");
+      gate_->cv.wait_for(lock, std::chrono::duration<double>(std::min(left, 0.05)));
+    }
+    if (gate_->state == 2)
+      throw CommFailure("the previous quantized_all_reduce failed before its all-gather: " +
+                        gate_->error);
+  }
+  gate_.reset();
+}
+
+std::shared_ptr<Work> C10dTransport::issue_quantized(const QuantizedPlan& q, int64_t seq,
+                                                     std::shared_ptr<Work> previous,
+                                                     double issued_at, double hold_until,
+                                                     double deadline) {
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  {
+    std::lock_guard<std::mutex> lock(pg_mu_);
+    pg = pg_;
+  }
+  HPSGD_CHECK(pg, "the communicator is closed");
+  await_previous_phases(deadline);
+  const int64_t W = world(), me = rank();
+  auto completion = std::make_shared<Completion>();
+  auto make_work = [&](c10::intrusive_ptr<c10d::Work> w) {
+    return std::make_shared<C10dWork>(shared_from_this(), q.codes, seq, std::move(previous),
+                                      issued_at, hold_until, deadline, std::move(w), completion,
+                                      "quantized_all_reduce", q.bytes_sent(me));
+  };
+  const int64_t recv_each = q.scatter_bytes(me);
+  if (recv_each == 0 && q.nb == 0) {  // nothing to move on any rank (n = 0, extra = 0)
+    completion->done = true;
+    return make_work({});
+  }
+  // Phase 1's send buffer on the buffers' device (a copy: the inputs are not
+  // read once issued).
+  const at::Tensor codes8 = q.codes.view(at::kByte), scales8 = q.scales.view(at::kByte);
+  std::vector<at::Tensor> pieces;
+  std::vector<int64_t> send_splits, recv_splits(W, recv_each);
+  for (int64_t d = 0; d < W; ++d) {
+    pieces.push_back(codes8.narrow(0, q.elem_lo(d), q.elems(d)));
+    pieces.push_back(scales8.narrow(0, 4 * q.block_lo(d), 4 * q.blocks(d)));
+    pieces.push_back(scales8.narrow(0, 4 * q.nb, 4 * q.extra));
+    send_splits.push_back(q.scatter_bytes(d));
+  }
+  at::Tensor send = at::cat(pieces);
+  at::Tensor recv = at::empty({W * recv_each}, send.options());
+  c10d::AllToAllOptions opts;
+  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout() * 1000.0));
+  auto work1 = pg->all_to_all_single(recv, send, recv_splits, send_splits, opts);
+  std::shared_ptr<PhaseGate> gate;
+  if (q.nb > 0) gate_ = gate = std::make_shared<PhaseGate>();
+  std::shared_ptr<CommState> state = this->state();
+  work1->getFuture()->addCallback([q, recv, completion, gate, pg, state, W, me, recv_each,
+                                   deadline](c10::ivalue::Future& fut) {
+    auto fail = [&](const std::string& why) {
+      if (gate) gate->open(2, why);
+      finish(*completion, why);
+    };
+    if (fut.hasError()) return fail(fut.tryRetrieveErrorMessage());
+    try {
+      const at::Tensor host = recv.cpu();  // on CUDA: after Gloo's copy back (NOTE: [c10d on CUDA])
+      const uint8_t* in = host.data_ptr<uint8_t>();
+      const int64_t m = q.elems(me), k = q.blocks(me);
+      // Every rank's extra slots, summed here by every rank: no third collective.
+      std::vector<float> extra(q.extra, 0.f);
+      at::Tensor codes = at::empty({W * m}, at::kByte), scales = at::empty({W * k}, at::kFloat);
+      for (int64_t s = 0; s < W; ++s) {
+        const uint8_t* from = in + s * recv_each;
+        std::memcpy(codes.data_ptr<uint8_t>() + s * m, from, m);
+        std::memcpy(scales.data_ptr<float>() + s * k, from + m, 4 * k);
+        for (int64_t j = 0; j < q.extra; ++j) {
+          float v;
+          std::memcpy(&v, from + m + 4 * (k + j), 4);
+          extra[j] = quant::add_rn(extra[j], v);  // rank order
+        }
+      }
+      // The owner's shard, re-quantised, packed as the all-gather sends it.
+      at::Tensor shard = at::empty({m + 4 * k}, at::kByte);
+      at::Tensor shard_scales = at::empty({k}, at::kFloat);
+      quantized_shard_sum_cpu({codes.data_ptr(), scales.data_ptr<float>(), W, m, k,
+                               shard.data_ptr(), shard_scales.data_ptr<float>(), q.fp8,
+                               at::Device(at::kCPU)});
+      std::memcpy(shard.data_ptr<uint8_t>() + m, shard_scales.data_ptr(), 4 * k);
+      // Writes the result (and the extra sums) into the caller's buffers.
+      auto land = [q, extra](const uint8_t* gathered) {
+        at::Tensor codes_h = q.codes.is_cuda() ? at::empty({q.n}, at::kByte) : q.codes.view(at::kByte);
+        at::Tensor scales_h = q.scales.is_cuda() ? at::empty({q.nb + q.extra}, at::kFloat) : q.scales;
+        for (int64_t r = 0; gathered && r < q.world; ++r) {
+          std::memcpy(codes_h.data_ptr<uint8_t>() + q.elem_lo(r), gathered, q.elems(r));
+          std::memcpy(scales_h.data_ptr<float>() + q.block_lo(r), gathered + q.elems(r),
+                      4 * q.blocks(r));
+          gathered += q.gather_bytes(r);
+        }
+        if (q.extra) std::memcpy(scales_h.data_ptr<float>() + q.nb, extra.data(), 4 * q.extra);
+        if (q.codes.is_cuda()) {
+          q.codes.view(at::kByte).copy_(codes_h);
+          q.scales.copy_(scales_h);
+          device_done(q.codes);
+        }
+      };
+      if (q.nb == 0) {  // extra slots only
+        land(nullptr);
+        return finish(*completion, "");
+      }
+      if (state->aborted()) return fail("the communicator was aborted before the all-gather");
+      std::vector<int64_t> send_splits(W, q.gather_bytes(me)), recv_splits;
+      for (int64_t r = 0; r < W; ++r) recv_splits.push_back(q.gather_bytes(r));
+      at::Tensor send2 = shard.repeat({W});
+      at::Tensor recv2 = at::empty({q.n + 4 * q.nb}, at::kByte);
+      c10d::AllToAllOptions opts2;
+      opts2.timeout = std::chrono::milliseconds(
+          std::max<int64_t>(1, static_cast<int64_t>((deadline - now_s()) * 1000.0)));
+      auto work2 = pg->all_to_all_single(recv2, send2, recv_splits, send_splits, opts2);
+      gate->open(1);
+      work2->getFuture()->addCallback([recv2, completion, land](c10::ivalue::Future& f2) {
+        std::string error;
+        if (f2.hasError()) {
+          error = f2.tryRetrieveErrorMessage();
+        } else {
+          try {
+            land(recv2.data_ptr<uint8_t>());
+          } catch (const std::exception& e) {
+            error = e.what();
+          }
+        }
+        finish(*completion, error);
+      });
+    } catch (const std::exception& e) {
+      fail(e.what());
+    }
+  });
+  return make_work(std::move(work1));
 }
 
 void C10dTransport::abort_transport() {

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "../checks.h"
+#include "../quant_sum_ops.h"
 #include "clock.h"
 #include "link_delay.h"
 
@@ -29,8 +30,10 @@ ncclDataType_t nccl_dtype(at::ScalarType t) {
 class NcclWork final : public Work {
  public:
   NcclWork(const std::shared_ptr<NcclTransport>& t, at::Tensor flat, int64_t seq,
-           std::shared_ptr<Work> prev, double issued, double deadline)
-      : Work(t, std::move(flat), seq, std::move(prev), issued, /*hold_until=*/0.0, deadline),
+           std::shared_ptr<Work> prev, double issued, double deadline,
+           const char* what = "all_reduce", int64_t bytes = -1)
+      : Work(t, std::move(flat), seq, std::move(prev), issued, /*hold_until=*/0.0, deadline, what,
+             bytes),
         nccl_(t),
         valid_(t->valid()),
         device_(t->device()) {}
@@ -234,9 +237,37 @@ void NcclTransport::check_async_error() {
                              " (" + ncclGetLastError(comm_) + ")");
 }
 
-void NcclTransport::check_buffer(const at::Tensor& flat) const {
-  HPSGD_CHECK_ARG(flat.is_cuda() && flat.device().index() == device_, "all_reduce_async: flat is on ",
+void NcclTransport::check_buffer(const at::Tensor& flat, const char* what) const {
+  HPSGD_CHECK_ARG(flat.is_cuda() && flat.device().index() == device_, what, " is on ",
                   flat.device(), "; expected cuda:", device_, " (this communicator's device)");
+}
+
+void NcclTransport::begin_on_stream(CudaEvent& start) {
+  const cudaStream_t comm_stream = stream_->get();
+  {
+    CudaEvent ready(false);  // destroying it after the wait is enqueued is fine
+    ready.record(at::cuda::getCurrentCUDAStream(device_).stream());
+    HPSGD_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready.get(), 0));
+  }
+  start.record(comm_stream);
+  if (link()) launch_link_stamp(comm_stream, reinterpret_cast<uint64_t*>(stamp_.data_ptr()));
+}
+
+void NcclTransport::end_on_stream(CudaEvent& end, int64_t bytes,
+                                  std::initializer_list<at::Tensor> buffers) {
+  const cudaStream_t comm_stream = stream_->get();
+  if (link()) {
+    const double ns = link()->duration(static_cast<double>(bytes)) * 1e9;
+    launch_link_hold(comm_stream, reinterpret_cast<uint64_t*>(stamp_.data_ptr()),
+                     static_cast<uint64_t>(std::llround(ns)), cancel_holds_->device_ptr());
+  }
+  end.record(comm_stream);
+  // The buffers are in use on the comm stream until `end`: the allocator must
+  // not hand their memory out again before then, even if Python frees them. The
+  // stream outlives the transport for this (NOTE: [comm stream lifetime]).
+  for (const at::Tensor& t : buffers)
+    c10::cuda::CUDACachingAllocator::recordStream(
+        t.storage().data_ptr(), c10::cuda::getStreamFromExternal(comm_stream, device_));
 }
 
 std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, bool average, int64_t seq,
@@ -247,14 +278,7 @@ std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, bool average,
   auto self = std::static_pointer_cast<NcclTransport>(shared_from_this());
   auto work = std::make_shared<NcclWork>(self, flat, seq, std::move(previous), issued_at, deadline);
   const cudaStream_t comm_stream = stream_->get();
-  {
-    CudaEvent ready(false);  // destroying it after the wait is enqueued is fine
-    ready.record(at::cuda::getCurrentCUDAStream(device_).stream());
-    HPSGD_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready.get(), 0));
-  }
-  work->start.record(comm_stream);
-  auto* stamp = reinterpret_cast<uint64_t*>(stamp_.data_ptr());
-  if (link()) launch_link_stamp(comm_stream, stamp);
+  begin_on_stream(work->start);
   {
     std::lock_guard<std::mutex> lock(comm_mu_);
     HPSGD_CHECK(comm_ != nullptr, "the NCCL communicator was closed or aborted");
@@ -267,17 +291,76 @@ std::shared_ptr<Work> NcclTransport::issue(const at::Tensor& flat, bool average,
                      "(all_reduce #", seq, ", rank ", rank(), ")");
     wait_ready("ncclAllReduce", now_s() + timeout());
   }
-  if (link()) {
-    const double ns = link()->duration(static_cast<double>(flat.numel() * flat.element_size())) * 1e9;
-    launch_link_hold(comm_stream, stamp, static_cast<uint64_t>(std::llround(ns)),
-                     cancel_holds_->device_ptr());
+  end_on_stream(work->end, flat.numel() * flat.element_size(), {flat});
+  return work;
+}
+
+// The 8-bit reduction on the comm stream (docs/round-protocol.md, "8-bit
+// wires"): grouped sends/receives (the reduce-scatter, with every rank's extra
+// slots), the shard sum and the extra sum as kernels, grouped sends/receives
+// again (the all-gather, in place); the host never waits. Zero-length pieces
+// are skipped on both sides alike: every rank knows every size.
+std::shared_ptr<Work> NcclTransport::issue_quantized(const QuantizedPlan& q, int64_t seq,
+                                                     std::shared_ptr<Work> previous,
+                                                     double issued_at, double /*hold_until*/,
+                                                     double deadline) {
+  c10::cuda::CUDAGuard guard(device_);
+  const int W = world(), me = rank();
+  const int64_t bytes = q.bytes_sent(me);
+  auto self = std::static_pointer_cast<NcclTransport>(shared_from_this());
+  auto work = std::make_shared<NcclWork>(self, q.codes, seq, std::move(previous), issued_at,
+                                         deadline, "quantized_all_reduce", bytes);
+  const cudaStream_t s = stream_->get();
+  const int64_t m = q.elems(me), k = q.blocks(me);
+  // What every rank sends this one: codes, scales, then the extra slots.
+  at::Tensor rcodes = at::empty({W * m}, q.codes.options());
+  at::Tensor rscales = at::empty({W * (k + q.extra)}, q.scales.options());
+  auto* codes = static_cast<uint8_t*>(q.codes.data_ptr());
+  auto* scales = q.scales.data_ptr<float>();
+  auto* rc = static_cast<uint8_t*>(rcodes.data_ptr());
+  auto* rs = rscales.data_ptr<float>();
+  float* rextra = rs + W * k;
+  begin_on_stream(work->start);
+  {
+    std::lock_guard<std::mutex> lock(comm_mu_);
+    HPSGD_CHECK(comm_ != nullptr, "the NCCL communicator was closed or aborted");
+    auto send = [&](const void* p, int64_t count, ncclDataType_t t, int peer) {
+      if (count > 0) HPSGD_NCCL_CHECK(ncclSend(p, count, t, peer, comm_, s), "(quantized_all_reduce #", seq, ")");
+    };
+    auto recv = [&](void* p, int64_t count, ncclDataType_t t, int peer) {
+      if (count > 0) HPSGD_NCCL_CHECK(ncclRecv(p, count, t, peer, comm_, s), "(quantized_all_reduce #", seq, ")");
+    };
+    HPSGD_NCCL_CHECK(ncclGroupStart());
+    for (int r = 0; r < W; ++r) {
+      send(codes + q.elem_lo(r), q.elems(r), ncclUint8, r);
+      send(scales + q.block_lo(r), q.blocks(r), ncclFloat32, r);
+      send(scales + q.nb, q.extra, ncclFloat32, r);
+      recv(rc + r * m, m, ncclUint8, r);
+      recv(rs + r * k, k, ncclFloat32, r);
+      recv(rextra + r * q.extra, q.extra, ncclFloat32, r);
+    }
+    HPSGD_NCCL_CHECK(ncclGroupEnd());
+    wait_ready("the quantized reduce-scatter (ncclGroupEnd)", now_s() + timeout());
+    // Into this rank's own shard of the caller's buffers: its sends above are
+    // ordered before on the stream.
+    hpsgd::cuda::quantized_shard_sum_on({rc, rs, W, m, k, codes + q.elem_lo(me), scales + q.block_lo(me),
+                                  q.fp8, q.codes.device()},
+                                 s);
+    hpsgd::cuda::extra_sum_on(rextra, W, q.extra, scales + q.nb, s);
+    if (q.nb > 0 && W > 1) {
+      HPSGD_NCCL_CHECK(ncclGroupStart());
+      for (int r = 0; r < W; ++r) {
+        if (r == me) continue;
+        send(codes + q.elem_lo(me), m, ncclUint8, r);
+        send(scales + q.block_lo(me), k, ncclFloat32, r);
+        recv(codes + q.elem_lo(r), q.elems(r), ncclUint8, r);
+        recv(scales + q.block_lo(r), q.blocks(r), ncclFloat32, r);
+      }
+      HPSGD_NCCL_CHECK(ncclGroupEnd());
+      wait_ready("the quantized all-gather (ncclGroupEnd)", now_s() + timeout());
+    }
   }
-  work->end.record(comm_stream);
-  // The buffer is in use on the comm stream until `end`: the allocator must
-  // not hand its memory out again before then, even if Python frees it. The
-  // stream outlives the transport for this (NOTE: [comm stream lifetime]).
-  c10::cuda::CUDACachingAllocator::recordStream(
-      flat.storage().data_ptr(), c10::cuda::getStreamFromExternal(comm_stream, device_));
+  end_on_stream(work->end, bytes, {q.codes, q.scales, rcodes, rscales});
   return work;
 }
 

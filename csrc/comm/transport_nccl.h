@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include <atomic>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -49,10 +50,13 @@ class NcclTransport final : public Transport {
   std::shared_ptr<Work> issue(const at::Tensor& flat, bool average, int64_t seq,
                               std::shared_ptr<Work> previous, double issued_at, double hold_until,
                               double deadline) override;
+  std::shared_ptr<Work> issue_quantized(const QuantizedPlan& plan, int64_t seq,
+                                        std::shared_ptr<Work> previous, double issued_at,
+                                        double hold_until, double deadline) override;
   void abort_transport() override;
   void close_transport() override;
   void poll_transport() override { check_async_error(); }
-  void check_buffer(const at::Tensor& flat) const override;
+  void check_buffer(const at::Tensor& flat, const char* what) const override;
 
  private:
   // Non-blocking NCCL calls return ncclInProgress; poll until done, deadline
@@ -61,6 +65,11 @@ class NcclTransport final : public Transport {
   // Clean: drain briefly, ncclCommFinalize + ncclCommDestroy; otherwise (or
   // when that does not finish in time) ncclCommAbort. Idempotent.
   void teardown();
+  // The start and end of every collective on the comm stream: the caller's
+  // stream first, the start event, the link's clock; then the link's hold, the
+  // end event and the allocator told the buffers are in use there.
+  void begin_on_stream(CudaEvent& start);
+  void end_on_stream(CudaEvent& end, int64_t bytes, std::initializer_list<at::Tensor> buffers);
 
   const int device_;
   std::mutex comm_mu_;  // every NCCL call on comm_ is serialised

@@ -10,12 +10,14 @@
 namespace hpsgd::comm {
 
 Work::Work(const std::shared_ptr<Transport>& transport, at::Tensor flat, int64_t seq,
-           std::shared_ptr<Work> previous, double issued_at, double hold_until, double deadline)
+           std::shared_ptr<Work> previous, double issued_at, double hold_until, double deadline,
+           const char* what, int64_t bytes)
     : state_(transport->state()),
       transport_(transport),
       flat_(std::move(flat)),
+      what_(what),
       seq_(seq),
-      bytes_(static_cast<int64_t>(flat_.numel() * flat_.element_size())),
+      bytes_(bytes >= 0 ? bytes : static_cast<int64_t>(flat_.numel() * flat_.element_size())),
       issued_at_(issued_at),
       hold_until_(hold_until),
       deadline_(deadline),
@@ -24,7 +26,7 @@ Work::Work(const std::shared_ptr<Transport>& transport, at::Tensor flat, int64_t
 
 std::string Work::describe() const {
   std::ostringstream s;
-  s << "all_reduce #" << seq_ << " (" << bytes_ << " bytes, " << flat_.scalar_type() << ", "
+  s << what_ << " #" << seq_ << " (" << bytes_ << " bytes, " << flat_.scalar_type() << ", "
     << state_->name << ") on rank " << state_->rank << " of " << state_->world;
   return s.str();
 }

@@ -36,8 +36,10 @@ enum class ErrorKind;
 
 class Work {
  public:
+  // `what` (a literal) names the collective in errors; `bytes` < 0: flat's size.
   Work(const std::shared_ptr<Transport>& transport, at::Tensor flat, int64_t seq,
-       std::shared_ptr<Work> previous, double issued_at, double hold_until, double deadline);
+       std::shared_ptr<Work> previous, double issued_at, double hold_until, double deadline,
+       const char* what = "all_reduce", int64_t bytes = -1);
   virtual ~Work() = default;
   Work(const Work&) = delete;
   Work& operator=(const Work&) = delete;
@@ -89,6 +91,7 @@ class Work {
   [[noreturn]] void fail(ErrorKind kind, const std::string& why, bool count);
   [[noreturn]] void raise_own() const;  // caller holds mu_
 
+  const char* const what_;
   const int64_t seq_;
   const int64_t bytes_;
   const double issued_at_, hold_until_, deadline_;
