@@ -190,8 +190,16 @@ def comm_quantized_silent_rank(rank, world, timeout):
     codes, scales = _inputs(rank, torch.int8, 3000, 2, None, 0)
     t0 = time.monotonic()
     work = comm.quantized_all_reduce_async(codes, scales, 2)
+    # Issued before the first one's all-gather could be: it waits for it, within its
+    # own deadline, and never reaches the group out of order.
+    try:
+        comm.all_reduce_async(torch.ones(3))
+        issue = None
+    except hpsgd_ext.CommTimeoutError:
+        issue = time.monotonic() - t0
     try:
         work.wait()
     except hpsgd_ext.CommTimeoutError as e:
-        return {"raised": "CommTimeoutError", "after": time.monotonic() - t0, "message": str(e)}
+        return {"raised": "CommTimeoutError", "after": time.monotonic() - t0, "message": str(e),
+                "next_issue_raised_after": issue}
     return {"raised": None}

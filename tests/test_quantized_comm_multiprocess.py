@@ -47,6 +47,7 @@ def test_rank_that_never_calls_turns_into_timeout_on_the_others():
         assert v["raised"] == "CommTimeoutError", v
         assert v["after"] <= timeout + 1.0, v
         assert "quantized_all_reduce #0" in v["message"] and "rank" in v["message"], v
+        assert v["next_issue_raised_after"] is not None and v["next_issue_raised_after"] <= timeout + 1.0, v
 
 
 @pytest.mark.gpu
