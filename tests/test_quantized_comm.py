@@ -39,7 +39,7 @@ def test_bad_arguments_name_the_argument_and_write_nothing(world_of_one, match, 
         comm.quantized_all_reduce_async(*args)
     for a, b in zip(args, before):
         if b is not None:
-            assert torch.equal(a.view(torch.uint8) if a.dtype != torch.float32 else a, 
+            assert torch.equal(a.view(torch.uint8) if a.dtype != torch.float32 else a,
                                b.view(torch.uint8) if b.dtype != torch.float32 else b)
     assert comm.stats()["issued"] == 0 and comm.error is None  # a refused call aborts nothing
     comm.close()
