@@ -212,7 +212,7 @@ class Communicator:
         else may be issued on its process group meanwhile (this communicator's later
         collectives wait for it)."""
         with label("hpsgd.quantized_all_reduce_async"):
-            return self._live().quantized_all_reduce_async(codes, scales, int(extra))
+            return self._live().quantized_all_reduce_async(codes, scales, extra)
 
     def check(self) -> None:
         """Raise the communicator's recorded failure, if any, as the type it failed
