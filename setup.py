@@ -131,7 +131,11 @@ def _extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/comm/*.cpp")
                      + glob.glob("csrc/engine/*.cpp"))
     define = []
-    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"] + _cpu_arch_flags()
+    # -ffp-contract=off: every product rounded once, as in torch's own CPU kernels (no
+    # fused multiply-add), so the codec (csrc/quant.h, NOTE: [8-bit codec]) and the rule
+    # give the plain-PyTorch reference's bits.
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
+           "-ffp-contract=off"] + _cpu_arch_flags()
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     library_dirs, libraries, link = [], [], ["-fopenmp"]

@@ -16,14 +16,21 @@ std::ostream& operator<<(std::ostream& os, const Name& n) {
   return os;
 }
 
+bool is_code_dtype(at::ScalarType t) { return t == at::kChar || t == at::kFloat8_e4m3fn; }
+
 void check_tensor(const char* op, const at::Tensor& t, const Name& name,
+                  const at::Device& device) {
+  check_layout(op, t, name, device);
+  HPSGD_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": ", name,
+                   " has dtype ", t.scalar_type(),
+                   "; expected float32, bfloat16 or float16");
+}
+
+void check_layout(const char* op, const at::Tensor& t, const Name& name,
                   const at::Device& device) {
   HPSGD_CHECK_ARG(t.defined(), op, ": ", name, " is undefined; expected a tensor");
   HPSGD_CHECK_ARG(t.layout() == at::kStrided, op, ": ", name,
                   " has layout ", t.layout(), "; expected a dense (strided) tensor");
-  HPSGD_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": ", name,
-                   " has dtype ", t.scalar_type(),
-                   "; expected float32, bfloat16 or float16");
   HPSGD_CHECK_ARG(t.device() == device, op, ": ", name, " is on ", t.device(),
                   " but the other tensors are on ", device,
                   "; expected all tensors on one device");

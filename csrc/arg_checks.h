@@ -24,6 +24,10 @@ inline Name item(const char* name, int64_t i) { return {name, i}; }
 
 // One tensor's structural checks: dense, contiguous, float, on `device`.
 void check_tensor(const char* op, const at::Tensor& t, const Name& name, const at::Device& device);
+// The same but any dtype (the caller checks it).
+void check_layout(const char* op, const at::Tensor& t, const Name& name, const at::Device& device);
+// An 8-bit wire's code dtypes (csrc/quant.h).
+bool is_code_dtype(at::ScalarType t);
 
 struct Range {
   uintptr_t begin, end;

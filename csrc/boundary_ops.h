@@ -6,6 +6,7 @@
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Float8_e4m3fn.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
@@ -72,24 +73,40 @@ void dispatch_variant(const Plan& pl, bool nesterov, F&& f) {
   return f(KernelCfg<true, true, false, false, true, true>{});
 }
 
+// Calls g(T{}) with the float type of `t`.
+template <class G>
+void dispatch_float(at::ScalarType t, G&& g) {
+  switch (t) {
+    case at::kFloat: return g(float{});
+    case at::kBFloat16: return g(c10::BFloat16{});
+    case at::kHalf: return g(c10::Half{});
+    default: HPSGD_CHECK(false, "hpsgd: no kernel for dtype ", t);
+  }
+}
+
+// Calls f(P{}, A{}) with the Plan's param and anchor element types.
+template <class F>
+void dispatch_param_anchor(const Plan& pl, F&& f) {
+  dispatch_float(pl.param_dtype, [&](auto p) {
+    using P = std::decay_t<decltype(p)>;
+    if (pl.anchor_dtype == at::kFloat) f(p, float{}); else f(p, P{});
+  });
+}
+
 // Calls f(P{}, A{}, F{}) with the Plan's param, anchor and flat element types.
 template <class F>
 void dispatch_dtypes(const Plan& pl, F&& f) {
-  auto one = [](at::ScalarType t, auto&& g) {
-    switch (t) {
-      case at::kFloat: return g(float{});
-      case at::kBFloat16: return g(c10::BFloat16{});
-      case at::kHalf: return g(c10::Half{});
-      default: HPSGD_CHECK(false, "hpsgd: no kernel for dtype ", t);
-    }
-  };
-  one(pl.param_dtype, [&](auto p) {
-    using P = std::decay_t<decltype(p)>;
-    auto with_anchor = [&](auto a) {
-      one(pl.flat_dtype, [&](auto fl) { f(p, a, fl); });
-    };
-    if (pl.anchor_dtype == at::kFloat) with_anchor(float{}); else with_anchor(P{});
+  dispatch_param_anchor(pl, [&](auto p, auto a) {
+    dispatch_float(pl.flat_dtype, [&](auto fl) { f(p, a, fl); });
   });
+}
+
+// Calls f(C{}) with an 8-bit Plan's code type (csrc/quant.h).
+template <class F>
+void dispatch_codes(const Plan& pl, F&& f) {
+  if (pl.flat_dtype == at::kChar) return f(int8_t{});
+  HPSGD_CHECK(pl.flat_dtype == at::kFloat8_e4m3fn, "hpsgd: no 8-bit codes of dtype ", pl.flat_dtype);
+  f(c10::Float8_e4m3fn{});
 }
 
 // The dispatcher passes Python's None for a non-optional Tensor as an undefined
@@ -143,8 +160,13 @@ struct BoundaryOps {
                          double lr, std::optional<at::TensorList> momentum_buffers,
                          double momentum, bool nesterov,
                          const std::optional<at::Tensor>& sent, int64_t divisor,
-                         const std::optional<at::Tensor>& verdict) {
+                         const std::optional<at::Tensor>& verdict,
+                         const std::optional<at::Tensor>& out_scales,
+                         const std::optional<at::Tensor>& reduced_scales) {
     PlanRequest q{"hpsgd.round_step", params};
+    q.out_scales = out_scales;
+    q.reduced_scales = reduced_scales;
+    q.quantizable = true;
     q.anchors = anchors;
     q.momenta = momentum_buffers;
     q.reduced = reduced;

@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "plan.h"
+#include "round_step_call.h"
 #ifdef HPSGD_WITH_CUDA
 #include "cuda/kernels.h"
 #endif
@@ -60,18 +61,13 @@ PYBIND11_MODULE(_C, m) {
       "_time_round_step",
       [](std::vector<at::Tensor> params, std::vector<at::Tensor> anchors, at::Tensor reduced,
          at::Tensor out, std::optional<at::Tensor> sent, int64_t iters) {
-        static auto op =
-            c10::Dispatcher::singleton()
-                .findSchemaOrThrow("hpsgd::round_step", "")
-                .typed<void(at::TensorList, at::TensorList, const std::optional<at::Tensor>&,
-                            const at::Tensor&, double, std::optional<at::TensorList>, double,
-                            bool, const std::optional<at::Tensor>&, int64_t,
-                            const std::optional<at::Tensor>&)>();
+        const auto& op = hpsgd::round_step_op();
         pybind11::gil_scoped_release no_gil;
         const std::optional<at::Tensor> red(reduced);
         const auto t0 = std::chrono::steady_clock::now();
         for (int64_t i = 0; i < iters; ++i)
-          op.call(params, anchors, red, out, 0.5, std::nullopt, 0.0, false, sent, 1, std::nullopt);
+          op.call(params, anchors, red, out, 0.5, std::nullopt, 0.0, false, sent, 1, std::nullopt,
+                  std::nullopt, std::nullopt);
         const auto t1 = std::chrono::steady_clock::now();
         return std::chrono::duration<double, std::micro>(t1 - t0).count() / iters;
       },

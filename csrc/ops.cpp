@@ -13,7 +13,7 @@ TORCH_LIBRARY(hpsgd, m) {
       "round_step(Tensor(a!)[] params, Tensor(b!)[] anchors, Tensor? reduced, "
       "Tensor(c!) out, float lr=1.0, Tensor(d!)[]? momentum_buffers=None, "
       "float momentum=0.0, bool nesterov=False, Tensor(e!)? sent=None, int divisor=1, "
-      "Tensor? verdict=None) -> ()");
+      "Tensor? verdict=None, Tensor(f!)? out_scales=None, Tensor? reduced_scales=None) -> ()");
   // The non-finite rule's device side (docs/round-protocol.md, "Verdict kernels").
   m.def("own_flag(Tensor(a!) flat, int numel, int rank, int world, bool check=True) -> ()");
   m.def(

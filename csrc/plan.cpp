@@ -7,6 +7,7 @@
 
 #include "arg_checks.h"
 #include "checks.h"
+#include "quant.h"
 
 namespace hpsgd {
 
@@ -105,23 +106,62 @@ Plan make_plan(const PlanRequest& q) {
   pl.total = total;
   if (!q.anchors) pl.anchor_dtype = pl.param_dtype;
 
+  // An 8-bit wire (docs/round-protocol.md, "8-bit wires"): out's dtype says so.
+  auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  pl.quantized = q.quantizable && given(q.out) && is_code_dtype(q.out->scalar_type());
   std::optional<at::ScalarType> flat_dtype;
-  auto take_flat = [&](const std::optional<at::Tensor>& f, const char* name) -> void* {
-    if (!f.has_value() || !f->defined()) return nullptr;
-    check_tensor(op, *f, Name{name, -1}, *device);
+  auto take_flat = [&](const std::optional<at::Tensor>& f, const char* name, bool codes) -> void* {
+    if (!given(f)) return nullptr;
+    if (codes) {
+      check_layout(op, *f, Name{name, -1}, *device);
+      HPSGD_CHECK_TYPE(f->scalar_type() == q.out->scalar_type(), op, ": ", name, " has dtype ",
+                       f->scalar_type(), " but out has ", q.out->scalar_type(),
+                       "; expected the codes of one 8-bit wire");
+    } else {
+      check_tensor(op, *f, Name{name, -1}, *device);
+    }
     HPSGD_CHECK_ARG(f->numel() >= total, op, ": ", name, " has ", f->numel(),
                     " elements; expected at least ", total, " (the total of ",
                     q.params_name, ")");
-    if (!flat_dtype) flat_dtype = f->scalar_type();
-    HPSGD_CHECK_TYPE(f->scalar_type() == *flat_dtype, op, ": ", name, " has dtype ",
-                     f->scalar_type(), " but another flat buffer of this call has ",
-                     *flat_dtype, "; expected out, reduced and sent to share one dtype");
+    if (!codes && pl.quantized) {
+      HPSGD_CHECK_TYPE(f->scalar_type() == at::kFloat, op, ": ", name, " has dtype ",
+                       f->scalar_type(), " with an 8-bit out; expected float32 (it holds what "
+                       "the wire carried, dequantised)");
+    } else if (!codes) {
+      if (!flat_dtype) flat_dtype = f->scalar_type();
+      HPSGD_CHECK_TYPE(f->scalar_type() == *flat_dtype, op, ": ", name, " has dtype ",
+                       f->scalar_type(), " but another flat buffer of this call has ",
+                       *flat_dtype, "; expected out, reduced and sent to share one dtype");
+    }
     return f->data_ptr();
   };
-  pl.out = take_flat(q.out, "out");
-  pl.reduced = take_flat(q.reduced, q.reduced_name);
-  pl.sent = take_flat(q.sent, "sent");
-  pl.flat_dtype = flat_dtype.value_or(at::kFloat);
+  pl.out = take_flat(q.out, "out", pl.quantized);
+  pl.reduced = take_flat(q.reduced, q.reduced_name, pl.quantized);
+  pl.sent = take_flat(q.sent, "sent", false);
+  pl.flat_dtype = pl.quantized ? q.out->scalar_type() : flat_dtype.value_or(at::kFloat);
+  const int64_t nb = quant::num_blocks(total);
+  auto take_scales = [&](const std::optional<at::Tensor>& s, const char* name, bool wanted,
+                         const char* with) -> float* {
+    if (!wanted) {
+      HPSGD_CHECK_ARG(!given(s), op, ": ", name, " is given but out has dtype ",
+                      given(q.out) ? q.out->scalar_type() : at::kFloat,
+                      "; expected ", name, " only with an 8-bit out (int8 or float8_e4m3fn)");
+      return nullptr;
+    }
+    HPSGD_CHECK_ARG(given(s), op, ": ", name, " is None with an 8-bit ", with,
+                    "; expected a float32 tensor of at least ", nb, " elements (one scale per ",
+                    quant::kBlock, " elements)");
+    check_tensor(op, *s, Name{name, -1}, *device);
+    HPSGD_CHECK_TYPE(s->scalar_type() == at::kFloat, op, ": ", name, " has dtype ",
+                     s->scalar_type(), "; expected float32");
+    HPSGD_CHECK_ARG(s->numel() >= nb, op, ": ", name, " has ", s->numel(),
+                    " elements; expected at least ", nb, " (one scale per ", quant::kBlock,
+                    " elements of ", total, ")");
+    return s->data_ptr<float>();
+  };
+  pl.out_scales = take_scales(q.out_scales, "out_scales", pl.quantized, "out");
+  pl.reduced_scales =
+      take_scales(q.reduced_scales, "reduced_scales", pl.quantized && pl.reduced, q.reduced_name);
   pl.write_params = q.write_params;
   pl.has_momenta = has_momenta;
   pl.device = *device;
@@ -149,7 +189,7 @@ Plan make_plan(const PlanRequest& q) {
   if (has_verdict) pl.verdict = q.verdict->data_ptr<float>();
 
   const int64_t pe = c10::elementSize(pl.param_dtype), ae = c10::elementSize(pl.anchor_dtype),
-                fe = c10::elementSize(pl.flat_dtype);
+                fe = c10::elementSize(pl.flat_dtype), se = pl.quantized ? 4 : fe;
   std::vector<Range> ranges;
   ranges.reserve(3 * n + 4);
   for (int64_t i = 0; i < n; ++i) {
@@ -162,7 +202,10 @@ Plan make_plan(const PlanRequest& q) {
   }
   if (pl.out) add_range(ranges, pl.out, total, fe, true, Name{"out", -1});
   if (pl.reduced) add_range(ranges, pl.reduced, total, fe, false, Name{q.reduced_name, -1});
-  if (pl.sent) add_range(ranges, pl.sent, total, fe, true, Name{"sent", -1});
+  if (pl.sent) add_range(ranges, pl.sent, total, se, true, Name{"sent", -1});
+  if (pl.out_scales) add_range(ranges, pl.out_scales, nb, 4, true, Name{"out_scales", -1});
+  if (pl.reduced_scales)
+    add_range(ranges, pl.reduced_scales, nb, 4, false, Name{"reduced_scales", -1});
   // Read by every thread while the others write: it must not alias an output.
   if (pl.verdict) add_range(ranges, pl.verdict, 1, 4, false, Name{"verdict", -1});
   check_no_overlap(op, ranges);
@@ -206,7 +249,8 @@ bool signature(const PlanRequest& q, std::vector<int64_t>& s) {
   s.push_back(reinterpret_cast<intptr_t>(q.reduced_name));
   s.push_back((q.write_params ? 1 : 0) | (q.anchors ? 2 : 0) | (q.momenta ? 4 : 0));
   if (!push_optional(s, q.out) || !push_optional(s, q.reduced) || !push_optional(s, q.sent) ||
-      !push_optional(s, q.verdict))
+      !push_optional(s, q.verdict) || !push_optional(s, q.out_scales) ||
+      !push_optional(s, q.reduced_scales))
     return false;
   const int64_t n = static_cast<int64_t>(q.params.size());
   s.push_back(n);

@@ -41,6 +41,10 @@ struct PlanRequest {
   // merge-or-discard verdict on `reduced` (1 float32 element; absent = merge).
   int64_t divisor = 1;
   std::optional<at::Tensor> verdict;
+  // 8-bit wires (out and reduced of dtype int8 or float8_e4m3fn): their block
+  // scales (csrc/quant.h, NOTE: [8-bit codec]); `sent` is then float32.
+  std::optional<at::Tensor> out_scales, reduced_scales;
+  bool quantizable = false;  // round_step only
   bool write_params = false;
   double lr = 1.0;
   double momentum = 0.0;
@@ -70,6 +74,11 @@ struct Plan {
                  flat_dtype = at::kFloat;
   bool write_params = false;
   bool has_momenta = false;
+  // 8-bit wire: out/reduced hold codes of flat_dtype, one float32 scale per
+  // quant::kBlock elements in out_scales/reduced_scales; sent is float32.
+  bool quantized = false;
+  float* out_scales = nullptr;  // non-null iff quantized
+  const float* reduced_scales = nullptr;
   // Anchors (and momenta) change only when a reduction is merged.
   bool write_anchors() const { return !anchors.empty() && reduced != nullptr; }
   // Which streams are present; the momentum mode is per call (CallScalars).

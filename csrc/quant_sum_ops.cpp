@@ -8,16 +8,10 @@
 namespace hpsgd {
 namespace {
 
-bool is_code_dtype(at::ScalarType t) { return t == at::kChar || t == at::kFloat8_e4m3fn; }
-
 void check_dense(const char* op, const at::Tensor& t, const char* name, const at::Device& device) {
-  HPSGD_CHECK_ARG(t.defined(), op, ": ", name, " is undefined; expected a tensor");
-  HPSGD_CHECK_ARG(t.layout() == at::kStrided && t.dim() == 1, op, ": ", name, " has layout ",
-                  t.layout(), " and ", t.dim(), " dimensions; expected a dense 1-D tensor");
-  HPSGD_CHECK_ARG(t.device() == device, op, ": ", name, " is on ", t.device(),
-                  " but codes is on ", device, "; expected all tensors on one device");
-  HPSGD_CHECK_ARG(t.is_contiguous(), op, ": ", name,
-                  " is not contiguous; expected a contiguous tensor (written in place)");
+  check_layout(op, t, Name{name, -1}, device);
+  HPSGD_CHECK_ARG(t.dim() == 1, op, ": ", name, " has ", t.dim(),
+                  " dimensions; expected a 1-D tensor");
 }
 
 }  // namespace

@@ -85,6 +85,10 @@ class HPSGD:
         replica: ``"keep"`` (the replica keeps its own in-flight progress; 16-bit
             rounding is fed back) or ``"reset"`` (the paper's ``p = a``).
         comm_dtype: dtype of the reduced deltas (None: the parameters' dtype).
+            ``torch.int8`` or ``torch.float8_e4m3fn``: an 8-bit wire, one float32
+            scale per 512 elements, reduced without ever summing in 8 bits; with
+            "keep", what the codes round away is sent next round
+            (docs/round-protocol.md, "8-bit wires").
         outer_lr, outer_momentum, nesterov: the outer step on the averaged change.
         sync_buffers: average floating buffers (BatchNorm statistics) every round.
         timeout: deadline of every collective and wait (positive, finite).
@@ -373,6 +377,7 @@ class HPSGD:
         self._call(eng.quiesce)
         pending = eng.pending
         reduced = eng.reduced() if pending else None
+        reduced_scales = eng.reduced_scales() if pending else None
         carried = eng.pending_fragment  # the pending round carries this fragment's groups only
         return {
             "version": _STATE_VERSION,
@@ -387,6 +392,9 @@ class HPSGD:
                 "momenta": [m.clone() for m in eng.momenta(g.index)],
                 "sent": s.clone() if (s := eng.sent(g.index)) is not None else None,
                 "reduced": reduced[g.index].clone() if pending and g.fragment == carried else None,
+                # 8-bit wires: the reduced codes' block scales and flag slots.
+                "reduced_scales": (reduced_scales[g.index].clone() if pending and g.fragment == carried
+                                   and reduced_scales[g.index] is not None else None),
                 "replica": [t.detach().clone() for t in eng.live(g.index)],
             } for g in self.groups],
         }
@@ -449,8 +457,11 @@ class HPSGD:
             # of round (rounds - 1), the same count on every rank.
             rounds = state["counters"].get("rounds") if isinstance(state["counters"], dict) else None
             carried = (rounds - 1) % self.options.fragments if isinstance(rounds, int) else None
+            scales = eng.scales(k, 0)
             if state["pending"] and g.fragment == carried:
                 one(f"group {k} reduced", s["reduced"], flat.shape, flat.dtype)
+                if scales is not None:
+                    one(f"group {k} reduced_scales", s.get("reduced_scales"), scales.shape, scales.dtype)
             elif s["reduced"] is not None:
                 raise bad(f"group {k} reduced is a tensor but no round of its fragment is pending")
         return state["groups"]
@@ -464,7 +475,7 @@ class HPSGD:
         groups = self._validate_state(state)
         eng = self._engine
         self._call(eng.quiesce)
-        reduced = eng.reduced()
+        reduced, reduced_scales = eng.reduced(), eng.reduced_scales()
         for g, s in zip(self.groups, groups):
             k = g.index
             for dst, src in zip(eng.anchors(k) + eng.momenta(k) + eng.live(k),
@@ -474,6 +485,8 @@ class HPSGD:
                 sent.copy_(s["sent"])
             if s["reduced"] is not None:
                 reduced[k].copy_(s["reduced"])
+                if reduced_scales[k] is not None:
+                    reduced_scales[k].copy_(s["reduced_scales"])
         eng.restore(state["counters"], bool(state["pending"]), bool(state["rank_independent"]))
 
     # --- observability and lifetime --------------------------------------------------------------
@@ -509,8 +522,9 @@ class HPSGD:
             k = g.index
             numel += sum(t.numel() for t in eng.live(k))
             sent = eng.sent(k)
-            for b in (eng.flat(k, 0), eng.flat(k, 1)):
-                flats[b.untyped_storage().data_ptr()] = b.untyped_storage().nbytes()
+            for b in (eng.flat(k, 0), eng.flat(k, 1), eng.scales(k, 0), eng.scales(k, 1)):
+                if b is not None:  # scales: 8-bit wires only
+                    flats[b.untyped_storage().data_ptr()] = b.untyped_storage().nbytes()
             for name, bufs in (("anchors", eng.anchors(k)), ("sent", [] if sent is None else [sent]),
                                ("momenta", eng.momenta(k))):
                 by[name] += sum(b.numel() * b.element_size() for b in bufs)

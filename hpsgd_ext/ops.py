@@ -57,7 +57,9 @@ def round_step(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
                momentum_buffers: Optional[Sequence[torch.Tensor]] = None,
                momentum: float = 0.0, nesterov: bool = False,
                sent: Optional[torch.Tensor] = None, divisor: int = 1,
-               verdict: Optional[torch.Tensor] = None) -> torch.Tensor:
+               verdict: Optional[torch.Tensor] = None,
+               out_scales: Optional[torch.Tensor] = None,
+               reduced_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The fused round boundary, per element with the values before the update
     (``S = seg(sent)`` or 0, ``R = seg(reduced)``, ``D = divisor``; float32 math):
 
@@ -81,11 +83,19 @@ def round_step(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
     momentum buffers are left bitwise untouched, ``p = a``, ``out = 0`` and
     ``sent = 0``. This lets the device decide merge-or-discard (a non-finite or
     failed reduction) without the host learning the value.
+
+    An 8-bit wire: ``out`` of dtype torch.int8 or torch.float8_e4m3fn receives the
+    codes of ``d / D`` and ``out_scales`` (float32, one per block of 512 elements of
+    the flat index space, blocks spanning tensors) their scales, in the same pass
+    (docs/round-protocol.md, "8-bit wires"); ``sent`` (float32) then holds what the
+    codes carry, dequantised, so what the codes round away is sent next round; and
+    ``reduced`` (codes of ``out``'s dtype) is read as ``reduced * reduced_scales``
+    of its block. ``reference.quantize_blocks`` is the oracle.
     """
     torch.ops.hpsgd.round_step(
         list(params), list(anchors), reduced, out, float(lr),
         None if momentum_buffers is None else list(momentum_buffers),
-        float(momentum), bool(nesterov), sent, int(divisor), verdict)
+        float(momentum), bool(nesterov), sent, int(divisor), verdict, out_scales, reduced_scales)
     return out
 
 
@@ -148,7 +158,8 @@ def _merge_fake(params, anchors, reduced, lr=1.0):
 
 @torch.library.register_fake("hpsgd::round_step")
 def _round_step_fake(params, anchors, reduced, out, lr=1.0, momentum_buffers=None,
-                     momentum=0.0, nesterov=False, sent=None, divisor=1, verdict=None):
+                     momentum=0.0, nesterov=False, sent=None, divisor=1, verdict=None,
+                     out_scales=None, reduced_scales=None):
     return None
 
 

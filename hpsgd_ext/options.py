@@ -14,7 +14,7 @@ from .comm import to_seconds
 
 __all__ = ["Options"]
 
-COMM_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
+COMM_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.float8_e4m3fn)
 
 
 def _is_number(x) -> bool:
@@ -47,7 +47,7 @@ class Options:
             raise ValueError(f"HPSGD: replica is {replica!r}; expected 'keep' or 'reset'")
         if not any(comm_dtype is d for d in COMM_DTYPES):
             raise TypeError(f"HPSGD: comm_dtype is {comm_dtype!r}; expected None, torch.float32, "
-                            "torch.bfloat16 or torch.float16")
+                            "torch.bfloat16, torch.float16, torch.int8 or torch.float8_e4m3fn")
         if not (_is_number(outer_lr) and math.isfinite(outer_lr) and outer_lr > 0):
             raise ValueError(f"HPSGD: outer_lr is {outer_lr!r}; expected a finite number > 0")
         if not (_is_number(outer_momentum) and 0.0 <= outer_momentum < 1.0):

@@ -25,14 +25,31 @@ def _segments(tensors: Sequence[torch.Tensor], flat: Optional[torch.Tensor]):
 
 @torch.no_grad()
 def round_step(params, anchors, reduced, out, lr=1.0, momentum_buffers=None,
-               momentum=0.0, nesterov=False, sent=None, divisor=1, verdict=None, *,
-               write_params=True, has_anchor=True):
+               momentum=0.0, nesterov=False, sent=None, divisor=1, verdict=None,
+               out_scales=None, reduced_scales=None, *, write_params=True, has_anchor=True):
     """The full rule; the other ops are special cases of it (see below).
 
     The float32 operations are the kernels' (csrc/rule.h), in the same order:
     ``d = p - a - D*s``, ``w = d / D`` (a true division by a tensor: torch turns a
     division by a scalar into a multiplication by its reciprocal on CUDA).
+
+    ``out`` of an 8-bit dtype: the rule in float32 (``reduced`` dequantised with
+    ``reduced_scales``), then :func:`quantize_blocks` of the outgoing change into
+    ``out`` and ``out_scales``, and ``sent`` = what the codes carry.
     """
+    if out is not None and out.dtype in _QMAX:
+        n = sum(p.numel() for p in params)
+        nb = (n + QUANT_BLOCK - 1) // QUANT_BLOCK
+        red = None if reduced is None else dequantize_blocks(reduced[:n], reduced_scales[:nb])
+        w = torch.empty(n, dtype=torch.float32, device=out.device)
+        round_step(params, anchors, red, w, lr, momentum_buffers, momentum, nesterov, sent,
+                   divisor, verdict)
+        codes, scale = quantize_blocks(w, out.dtype)
+        out[:n].copy_(codes)
+        out_scales[:nb].copy_(scale)
+        if sent is not None:
+            sent[:n].copy_(dequantize_blocks(codes, scale))
+        return out
     if nesterov and momentum_buffers is None:
         raise ValueError("nesterov needs momentum_buffers")
     if int(divisor) < 1:
@@ -241,7 +258,8 @@ def quantize_blocks(x: torch.Tensor, dtype: torch.dtype, block: int = QUANT_BLOC
     padded = torch.zeros(nb * block, dtype=torch.float32, device=x.device)
     padded[:n] = x32
     blocks = padded.view(nb, block)
-    scale = blocks.abs().amax(dim=1) / _QMAX[dtype]
+    amax = blocks.abs().amax(dim=1)
+    scale = amax / torch.full_like(amax, _QMAX[dtype])  # a true division, as in the kernels
     safe = torch.where(scale == 0, torch.ones_like(scale), scale)
     v = blocks / safe[:, None]
     v = torch.where(torch.isfinite(scale)[:, None], v, torch.zeros_like(v))  # never a NaN code

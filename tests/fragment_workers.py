@@ -72,13 +72,17 @@ def each_change_once(rank, world, fragments, H, phases):
     return {"errors": errors, "moved": moved, "identical": same_on_every_rank(flat_params(model), world)}
 
 
-def checkpoint_resumes(rank, world, fragments, replica, H, before, after):
+def checkpoint_resumes(rank, world, fragments, replica, H, before, after, comm_dtype=None):
     """state_dict() mid-window with a round of one fragment pending, loaded into a
-    fresh model and HPSGD, continues exactly as the uninterrupted run."""
+    fresh model and HPSGD, continues exactly as the uninterrupted run. ``comm_dtype``:
+    a torch dtype's name (8-bit wires keep the pending round as codes and scales)."""
+    cdt = getattr(torch, comm_dtype) if comm_dtype else None
+
     def run(resume_at):
         model = make_model(seed=rank)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        hp = HPSGD(model, opt, sync_every=H, replica=replica, fragments=fragments, timeout=30)
+        hp = HPSGD(model, opt, sync_every=H, replica=replica, fragments=fragments, timeout=30,
+                   comm_dtype=cdt)
         train(model, opt, rank, before)
         if resume_at:
             buf = io.BytesIO()
@@ -89,7 +93,8 @@ def checkpoint_resumes(rank, world, fragments, replica, H, before, after):
             state = torch.load(buf, weights_only=True)
             model = make_model(seed=99)
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
-            hp = HPSGD(model, opt, sync_every=H, replica=replica, fragments=fragments, timeout=30)
+            hp = HPSGD(model, opt, sync_every=H, replica=replica, fragments=fragments, timeout=30,
+                       comm_dtype=cdt)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             hp.load_state_dict(state["hpsgd"])

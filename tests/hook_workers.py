@@ -122,13 +122,15 @@ def mismatched_option(rank, world):
     return None
 
 
-def nan_on_one_rank(rank, world, momentum, check_finite):
-    """Rank 1 writes a NaN into its replica once, after its 5th step."""
+def nan_on_one_rank(rank, world, momentum, check_finite, comm_dtype=None):
+    """Rank 1 writes a NaN into its replica once, after its 5th step. ``comm_dtype``:
+    a torch dtype's name."""
     import warnings
 
     model = make_model(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
-    hp = HPSGD(model, opt, sync_every=2, timeout=30, check_finite=check_finite, max_bad_rounds=3)
+    hp = HPSGD(model, opt, sync_every=2, timeout=30, check_finite=check_finite, max_bad_rounds=3,
+               comm_dtype=getattr(torch, comm_dtype) if comm_dtype else None)
 
     def poison(s):
         if rank == 1 and s == 4:
@@ -147,7 +149,8 @@ def nan_on_one_rank(rank, world, momentum, check_finite):
     return {"raised": raised, "finite": bool(torch.isfinite(out).all()),
             "identical": same_on_every_rank(out, world),
             "skipped": hp.stats()["skipped_rounds"],
-            "warned": any("non-finite" in str(w.message) for w in caught)}
+            "warned": any("non-finite" in str(w.message) for w in caught),
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}
 
 
 def long_run(rank, world, rounds):

@@ -13,11 +13,11 @@ from hpsgd_ext.reference import ReferenceHPSGD
 
 
 # --- 3. the bf16 wire ---------------------------------------------------------------------
-def bf16_wire_equals_reference(rank, world, H, steps):
-    """HPSGD with comm_dtype=bf16 vs ReferenceHPSGD with the same wire, and vs
-    HPSGD with a float32 wire (which must differ: the wire is not ignored)."""
+def train_with_wires(rank, H, steps, wire):
+    """The same training three times: HPSGD and ReferenceHPSGD with ``wire``, and HPSGD
+    with a float32 wire. Returns {(impl, dtype): (flat parameters, HPSGD's stats or None)}."""
     out = {}
-    for impl, cdt in (("hpsgd", torch.bfloat16), ("reference", torch.bfloat16), ("hpsgd", torch.float32)):
+    for impl, cdt in (("hpsgd", wire), ("reference", wire), ("hpsgd", torch.float32)):
         model = make_model(seed=rank)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         if impl == "hpsgd":
@@ -26,15 +26,21 @@ def bf16_wire_equals_reference(rank, world, H, steps):
             hp = ReferenceHPSGD(model.parameters(), opt, sync_every=H, replica="keep", comm_dtype=cdt)
         train(model, opt, rank, steps)  # steps % H != 0: a partial final window
         hp.synchronize()
-        out[(impl, cdt)] = flat_params(model)
-        if impl == "hpsgd":
-            out[("bytes", cdt)] = hp.stats()["bytes_reduced"]
+        out[(impl, cdt)] = (flat_params(model), hp.stats() if impl == "hpsgd" else None)
         hp.close()
-    bf, ref, fp = out[("hpsgd", torch.bfloat16)], out[("reference", torch.bfloat16)], out[("hpsgd", torch.float32)]
+    return out
+
+
+def bf16_wire_equals_reference(rank, world, H, steps):
+    """HPSGD with comm_dtype=bf16 vs ReferenceHPSGD with the same wire, and vs
+    HPSGD with a float32 wire (which must differ: the wire is not ignored)."""
+    out = train_with_wires(rank, H, steps, torch.bfloat16)
+    (bf, s16), (ref, _), (fp, s32) = (out[k] for k in (("hpsgd", torch.bfloat16), ("reference", torch.bfloat16),
+                                                       ("hpsgd", torch.float32)))
     return {"max_diff_ref": (bf - ref).abs().max().item(),
             "max_diff_fp32_wire": (bf - fp).abs().max().item(),
             "identical": same_on_every_rank(bf, world),
-            "bytes_bf16": out[("bytes", torch.bfloat16)], "bytes_fp32": out[("bytes", torch.float32)]}
+            "bytes_bf16": s16["bytes_reduced"], "bytes_fp32": s32["bytes_reduced"]}
 
 
 # --- 5. a NaN right before synchronize() -----------------------------------------------------

@@ -203,3 +203,24 @@ def comm_quantized_silent_rank(rank, world, timeout):
         return {"raised": "CommTimeoutError", "after": time.monotonic() - t0, "message": str(e),
                 "next_issue_raised_after": issue}
     return {"raised": None}
+
+
+def eight_bit_wire_equals_reference(rank, world, dtype_name, H, steps):
+    """HPSGD with an 8-bit wire (the fused quantising step, the communicator's
+    8-bit reduction) against ReferenceHPSGD with the same wire, against HPSGD with
+    a float32 wire (which must differ: the wire is not ignored), and the bytes."""
+    from hook_workers import same_on_every_rank
+    from oracle_workers import train_with_wires
+
+    wire = getattr(torch, dtype_name)
+    out = train_with_wires(rank, H, steps, wire)
+    (q, s8), (ref, _), (fp, s32) = (out[k] for k in (("hpsgd", wire), ("reference", wire),
+                                                     ("hpsgd", torch.float32)))
+    return {"max_diff_ref": (q - ref).abs().max().item(),
+            "max_diff_fp32_wire": (q - fp).abs().max().item(),
+            "identical": same_on_every_rank(q, world),
+            "numel": q.numel(), "rounds": s8["rounds"],
+            "bytes_8bit": s8["bytes_reduced"], "bytes_fp32": s32["bytes_reduced"],
+            "comm_bytes_8bit": s8["comm"]["bytes"], "comm_bytes_fp32": s32["comm"]["bytes"],
+            "extra_flats": s8["extra_bytes_by_buffer"]["flats"],
+            "extra_sent": s8["extra_bytes_by_buffer"]["sent"]}

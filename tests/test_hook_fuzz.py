@@ -42,7 +42,8 @@ NAN, INF = float("nan"), float("inf")
 VALID = {
     "sync_every": st.one_of(st.just("auto"), st.integers(1, 10**6)),
     "replica": st.sampled_from(["keep", "reset"]),
-    "comm_dtype": st.sampled_from([None, torch.float32, torch.bfloat16, torch.float16]),
+    "comm_dtype": st.sampled_from([None, torch.float32, torch.bfloat16, torch.float16, torch.int8,
+                                   torch.float8_e4m3fn]),
     "outer_lr": st.one_of(st.floats(1e-6, 100.0), st.integers(1, 10)),
     "outer_momentum": st.one_of(st.just(0.0), st.just(0), st.floats(0.0, 1.0, exclude_max=True)),
     "nesterov": st.booleans(),  # True is made False below when outer_momentum == 0
@@ -57,7 +58,7 @@ VALID = {
 INVALID = {
     "sync_every": [0, -1, -7, True, False, 2.0, 1.5, "often", "", "AUTO", None],
     "replica": ["merge", "", "KEEP", None, 1, True],
-    "comm_dtype": [torch.int8, torch.int32, torch.float64, "bf16", "float32", 16],
+    "comm_dtype": [torch.int16, torch.int32, torch.float64, torch.float8_e5m2, "bf16", "float32", 16],
     "outer_lr": [0, 0.0, -0.5, -1, NAN, INF, -INF, None, "1"],
     "outer_momentum": [-0.1, -1, 1.0, 1, 1.5, NAN, INF, None, "0.9"],
     "nesterov": ["zero-momentum", 1, 0, "yes", None],  # "zero-momentum": True with outer_momentum 0
@@ -172,6 +173,7 @@ def test_each_invalid_value_is_rejected(arg, value):
 @pytest.mark.parametrize("arg,value", [
     ("sync_every", "auto"), ("sync_every", 1), ("sync_every", 10**6), ("replica", "reset"),
     ("comm_dtype", torch.bfloat16), ("comm_dtype", torch.float16), ("comm_dtype", torch.float32),
+    ("comm_dtype", torch.int8), ("comm_dtype", torch.float8_e4m3fn),
     ("outer_lr", 1e-6), ("outer_lr", 3), ("outer_momentum", 0.0), ("outer_momentum", 0.999),
     ("nesterov", True), ("timeout", dt.timedelta(hours=2)), ("timeout", 1), ("max_bad_rounds", 1),
     ("check_finite", False), ("sync_buffers", False)])

@@ -77,7 +77,7 @@ def _bad_calls(device):
     yield "out_scales has 3 elements", ValueError, (c, s, 2, oc, torch.zeros(3, device=device))
     yield "out_codes is not contiguous", ValueError, (c, s, 2, torch.zeros(1030, dtype=torch.int8, device=device)[::2], os_)
     if device == "cuda":  # (a meta tensor would send the call to the fake kernel)
-        yield "scales is on cpu but codes is on cuda", ValueError, (c, s.cpu(), 2, oc, os_)
+        yield "scales is on cpu but the other tensors are on cuda", ValueError, (c, s.cpu(), 2, oc, os_)
     yield "out_codes overlaps codes", ValueError, (c, s, 2, c[:515], os_)
 
 

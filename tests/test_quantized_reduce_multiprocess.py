@@ -49,3 +49,52 @@ def test_quantize_round_trip_and_special_values(dtype):
     assert not torch.isfinite(dequantize_blocks(*quantize_blocks(x, dtype))[512:1024]).all()
     with pytest.raises(TypeError, match="expected torch.int8 or torch.float8_e4m3fn"):
         quantize_blocks(x, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float8_e4m3fn"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_hpsgd_8bit_wire_equals_reference(dtype, world):
+    """The whole algorithm: HPSGD(comm_dtype=8 bits) = ReferenceHPSGD with the same wire,
+    to float32 rounding (2 ranks: the engine's pre-division by 2 is exact, so only the
+    rule's FMA contraction differs; 3 ranks: dividing before or after quantising may
+    move a code by one step). Bytes: codes + one float32 scale per 512 + flag slots."""
+    for v in values(run_ranks(W.eight_bit_wire_equals_reference, world, dtype, 3, 17, timeout=90)):
+        assert v["identical"], v
+        assert v["max_diff_ref"] <= (1e-5 if world == 2 else 2e-3), v
+        assert v["max_diff_fp32_wire"] > 1e-5, v  # the 8-bit wire changed the result
+        n, rounds = v["numel"], v["rounds"]
+        per_round = n + 4 * ((n + 511) // 512 + world)
+        assert v["bytes_8bit"] == rounds * per_round, v
+        assert v["bytes_8bit"] < v["bytes_fp32"] / 3, v
+        # The transport's own bytes: this 195-element model is one block, so its owner
+        # sends it back to every rank (tests/test_quantized_comm_multiprocess.py checks
+        # the counts exactly); still fewer than a float32 ring's.
+        assert v["comm_bytes_8bit"] < v["comm_bytes_fp32"], v
+        # Memory: two code buffers and their scales; `sent` stays float32.
+        assert v["extra_flats"] == 2 * per_round and v["extra_sent"] == 4 * n, v
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float8_e4m3fn"])
+def test_8bit_nan_round_is_skipped_and_names_the_rank(dtype):
+    """The non-finite rule holds on an 8-bit wire: rank 1's NaN makes its block's scale
+    non-finite, the verdict (read from the scales and the flag slots after them) skips
+    that round on every rank, warns naming rank 1, and training goes on, identical."""
+    import hook_workers as H
+
+    for v in values(run_ranks(H.nan_on_one_rank, 2, 0.0, True, dtype, timeout=90)):
+        assert v["raised"] is None and v["finite"] and v["identical"], v
+        assert v["skipped"] == 1 and v["warned"], v
+        assert any("rank 1" in w for w in v["warnings"]), v
+    # Momentum keeps the NaN in rank 1's optimizer state: every later round is bad.
+    for v in values(run_ranks(H.nan_on_one_rank, 2, 0.9, True, dtype, timeout=90)):
+        assert v["raised"] is not None and "3 consecutive rounds" in v["raised"] and "rank 1" in v["raised"], v
+
+
+@pytest.mark.parametrize("fragments", [1, 2])
+def test_8bit_checkpoint_resumes_exactly(fragments):
+    """state_dict() mid-window with an 8-bit round pending (codes and their scales),
+    loaded into a fresh model and HPSGD, continues bit for bit as the uninterrupted run."""
+    import fragment_workers as F
+
+    for v in values(run_ranks(F.checkpoint_resumes, 2, fragments, "keep", 2, 5, 6, "int8", timeout=90)):
+        assert v["pending"] and v["equal"], v

@@ -18,6 +18,29 @@ def test_cli_rejects_unknown_algorithm(capsys):
     assert "unknown algorithm" in capsys.readouterr().err
 
 
+def test_cli_wire_suffix(capsys):
+    assert parse(["--algo", "hpsgd,hpsgd@bf16,hpsgd@int8,hpsgd-ref@fp8"])["algo"][2] == "hpsgd@int8"
+    for bad in ("ddp@int8", "hpsgd@int4"):  # DDP sends no rounds; no such wire
+        with pytest.raises(SystemExit):
+            parse(["--algo", bad])
+        assert "unknown algorithm" in capsys.readouterr().err
+
+
+def test_wires_side_by_side(tmp_path):
+    """One run compares wires: HPSGD with float32, int8 and fp8 rounds; the 8-bit ones
+    put about a quarter of the bytes on the wire per round and still learn."""
+    out = tmp_path / "wires"
+    rc = main(["--algo", "hpsgd,hpsgd@int8,hpsgd@fp8", "--sync-every", "4", "--seconds", "2",
+               "--evals", "1", "--dataset", "digits", "--bandwidth-mbit", "50", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    runs = {r["algo"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    per_round = {a: r["stats"]["bytes_reduced"] / r["stats"]["rounds"] for a, r in runs.items()}
+    for wire in ("hpsgd@int8", "hpsgd@fp8"):
+        assert per_round[wire] < per_round["hpsgd"] / 3, per_round
+        assert runs[wire]["final_acc"] > 0.3, runs[wire]
+
+
 def test_main_job_runs_every_algorithm(tmp_path):
     out = tmp_path / "demo"
     # plain digits: learnable within 2 s even by DDP's few steps (the shifted default is not)

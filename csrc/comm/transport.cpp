@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "../arg_checks.h"
 #include "../checks.h"
 #include "clock.h"
 
@@ -210,8 +211,7 @@ std::shared_ptr<Work> Transport::quantized_all_reduce(const at::Tensor& codes,
   if (closed_.load()) throw CommFailure(std::string(op) + ": the communicator is closed");
   HPSGD_CHECK_ARG(codes.defined(), op, ": codes is undefined; expected a tensor");
   HPSGD_CHECK_ARG(scales.defined(), op, ": scales is undefined; expected a tensor");
-  HPSGD_CHECK_TYPE(codes.scalar_type() == at::kChar || codes.scalar_type() == at::kFloat8_e4m3fn,
-                   op, ": codes has dtype ", codes.scalar_type(),
+  HPSGD_CHECK_TYPE(is_code_dtype(codes.scalar_type()), op, ": codes has dtype ", codes.scalar_type(),
                    "; expected int8 or float8_e4m3fn (8-bit codes, csrc/quant.h)");
   HPSGD_CHECK_TYPE(scales.scalar_type() == at::kFloat, op, ": scales has dtype ",
                    scales.scalar_type(), "; expected float32");

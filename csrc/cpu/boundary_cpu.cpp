@@ -20,6 +20,7 @@
 #include "../boundary_ops.h"
 #include "../checks.h"
 #include "../chunking.h"
+#include "../quant.h"
 
 namespace hpsgd {
 namespace {
@@ -213,6 +214,80 @@ void run_typed(const Plan& pl, const CallScalars& sc,
   else at::parallel_for(0, first.back(), 1, body);
 }
 
+// An 8-bit wire (NOTE: [8-bit codec] in quant.h): the same rule, one codec
+// block of the flat index space at a time, through float32 blocks in L1: the
+// reduced block dequantised in, the rule over each tensor piece the block
+// covers (a block may span several tensors), then the block's absmax, scale
+// and codes out, and `sent` = what the codes carry. One pass over memory.
+template <class Cfg, typename P, typename A, typename C>
+void run_quantized_typed(const Plan& pl, const CallScalars& sc) {
+  constexpr int64_t kB = quant::kBlock;
+  const TypedRule<Cfg, P, A, float> rule{sc.lr, sc.mu, sc.divisor};
+  constexpr bool reads_reduced = Cfg::has_reduced() && !Cfg::discard();
+  const int64_t nb = quant::num_blocks(pl.total);
+  auto body = [&](int64_t b0, int64_t b1) {
+    alignas(64) float red[kB], out[kB];
+    // The tensor holding element b0 * kB: the last one starting at or before it.
+    int64_t t = std::upper_bound(pl.offsets.begin(), pl.offsets.end(), b0 * kB) -
+                pl.offsets.begin() - 1;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t f0 = b * kB, len = std::min(kB, pl.total - f0);
+      if constexpr (reads_reduced) {
+        const C* rc = static_cast<const C*>(pl.reduced) + f0;
+        const float rs = pl.reduced_scales[b];
+        for (int64_t k = 0; k < len; ++k) red[k] = quant::decode(rc[k], rs);
+      }
+      float* sent = Cfg::has_sent() ? static_cast<float*>(pl.sent) : nullptr;
+      for (int64_t f = f0; f < f0 + len;) {
+        while (f >= pl.offsets[t] + pl.numels[t]) ++t;  // steps over empty tensors too
+        const int64_t lo = f - pl.offsets[t];
+        const int64_t n = std::min(pl.numels[t] - lo, f0 + len - f);
+        rule.run(static_cast<P*>(pl.params[t]) + lo,
+                 Cfg::has_anchor() ? static_cast<A*>(pl.anchors[t]) + lo : nullptr,
+                 Cfg::has_momentum() ? static_cast<A*>(pl.momenta[t]) + lo : nullptr,
+                 reads_reduced ? red + (f - f0) : nullptr, sent ? sent + f : nullptr,
+                 out + (f - f0), n);
+        f += n;
+      }
+      float m = 0.f;
+      for (int64_t k = 0; k < len; ++k) m = quant::absmax_join(m, out[k]);
+      const float scale = quant::scale_of<C>(m);
+      pl.out_scales[b] = scale;
+      C* codes = static_cast<C*>(pl.out) + f0;
+      for (int64_t k = 0; k < len; ++k) codes[k] = quant::encode<C>(out[k], scale);
+      if (sent)
+        for (int64_t k = 0; k < len; ++k) sent[f0 + k] = quant::decode(codes[k], scale);
+    }
+  };
+  constexpr int64_t kBlocksPerItem = kChunk / kB;
+  if (pl.total <= kChunk) body(0, nb);
+  else at::parallel_for(0, nb, kBlocksPerItem, body);
+}
+
+void run_quantized(const Plan& pl, const CallScalars& sc) {
+  const bool discard = pl.verdict && !verdict_valid(*pl.verdict);
+  dispatch_variant(pl, sc.nesterov, [&](auto cfg) {
+    using Cfg = std::decay_t<decltype(cfg)>;
+    dispatch_param_anchor(pl, [&](auto p, auto a) {
+      using P = std::decay_t<decltype(p)>;
+      using A = std::decay_t<decltype(a)>;
+      dispatch_codes(pl, [&](auto c) {
+        using C = std::decay_t<decltype(c)>;
+        if constexpr (Cfg::has_anchor() && Cfg::has_out() && Cfg::write_params()) {  // round_step
+          if constexpr (Cfg::has_reduced()) {
+            if (discard)
+              return run_quantized_typed<FixedMomentum<typename Cfg::Discarding, false>, P, A, C>(pl, sc);
+          }
+          if constexpr (Cfg::has_momentum()) {
+            if (sc.nesterov) return run_quantized_typed<FixedMomentum<Cfg, true>, P, A, C>(pl, sc);
+          }
+          run_quantized_typed<FixedMomentum<Cfg, false>, P, A, C>(pl, sc);
+        }
+      });
+    });
+  });
+}
+
 // Once per cached Plan: the chunk prefix (see chunking.h).
 void prepare_cpu(Plan& pl) {
   pl.prepared = std::make_shared<const std::vector<int64_t>>(chunk_prefix(pl.numels, kChunk));
@@ -220,6 +295,7 @@ void prepare_cpu(Plan& pl) {
 
 void run_cpu(const Plan& pl, const CallScalars& sc) {
   if (pl.empty()) return;
+  if (pl.quantized) return run_quantized(pl, sc);
   std::shared_ptr<const void> prepared = pl.prepared;
   if (!prepared) {  // an uncached call
     prepared = std::make_shared<const std::vector<int64_t>>(chunk_prefix(pl.numels, kChunk));

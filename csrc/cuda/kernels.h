@@ -27,6 +27,8 @@ std::vector<KernelInfo> verdict_kernels();
 // The 8-bit reduction's kernels (csrc/cuda/quant_sum_cuda.cu), which the NCCL
 // transport launches behind its own collectives: preloaded too.
 std::vector<KernelInfo> quant_sum_kernels();
+// The 8-bit round step's (csrc/cuda/quantized_step_cuda.cu), likewise.
+std::vector<KernelInfo> quantized_kernels();
 
 }  // namespace cuda
 }  // namespace hpsgd

@@ -176,11 +176,9 @@ inline cudaStream_t upload_stream(int device) {
   return streams[device];
 }
 
-// Writes the metadata to the device and sizes the grid: one wave of resident
-// blocks (see [block ranges]), none with fewer than a few groups per thread.
-template <class Op>
-std::shared_ptr<const Launch> prepare_launch(const MultiTensorLayout& layout, int64_t total,
-                                             const at::Device& device) {
+// Writes the metadata to the device (see [device metadata]); no grid yet.
+inline std::shared_ptr<Launch> upload_metas(const MultiTensorLayout& layout, int64_t total,
+                                            const at::Device& device) {
   c10::cuda::CUDAGuard guard(device);
   c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
   auto l = std::make_shared<Launch>();
@@ -193,6 +191,16 @@ std::shared_ptr<const Launch> prepare_launch(const MultiTensorLayout& layout, in
   const cudaStream_t up = upload_stream(device.index());
   HPSGD_CUDA_CHECK(cudaMemcpyAsync(l->dev, metas.data(), bytes, cudaMemcpyHostToDevice, up));
   HPSGD_CUDA_CHECK(cudaStreamSynchronize(up));
+  return l;
+}
+
+// Writes the metadata to the device and sizes the grid: one wave of resident
+// blocks (see [block ranges]), none with fewer than a few groups per thread.
+template <class Op>
+std::shared_ptr<const Launch> prepare_launch(const MultiTensorLayout& layout, int64_t total,
+                                             const at::Device& device) {
+  std::shared_ptr<Launch> l = upload_metas(layout, total, device);
+  c10::cuda::CUDAGuard guard(device);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t wave = static_cast<int64_t>(sms) * blocks_per_sm<Op>();
   const int64_t min_per_block = int64_t{kThreads} * kVec * 4;

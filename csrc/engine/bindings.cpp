@@ -128,7 +128,19 @@ void bind_engine(py::module_& m) {
              return s.defined() ? std::optional<at::Tensor>(s) : std::nullopt;
            })
       .def("flat", [](Engine& e, size_t g, int i) { return e.groups().at(g).flats[i & 1]; })
+      .def("scales",  // an 8-bit group's block scales and flag slots; None for the others
+           [](Engine& e, size_t g, int i) {
+             const at::Tensor& s = e.groups().at(g).scales[i & 1];
+             return s.defined() ? std::optional<at::Tensor>(s) : std::nullopt;
+           })
       .def("reduced", &Engine::reduced)
+      .def("reduced_scales",
+           [](const Engine& e) {
+             std::vector<std::optional<at::Tensor>> out;
+             for (const at::Tensor& s : e.reduced_scales())
+               out.push_back(s.defined() ? std::optional<at::Tensor>(s) : std::nullopt);
+             return out;
+           })
       .def_property_readonly("pending_fragment", &Engine::pending_fragment)
       .def("restore",
            [](Engine& e, const py::dict& c, bool pending, bool in_sync) {

@@ -13,8 +13,11 @@
 #include <cstdio>
 #include <map>
 
+#include "../arg_checks.h"
 #include "../checks.h"
 #include "../comm/clock.h"
+#include "../quant.h"
+#include "../round_step_call.h"
 
 #ifdef HPSGD_WITH_CUDA
 #include <c10/cuda/CUDAGraphsC10Utils.h>
@@ -26,21 +29,21 @@ namespace {
 
 using comm::now_s;
 
-// hpsgd::round_step through the dispatcher: the CPU or CUDA kernel by device,
-// as any C++ caller of the op would reach it.
-void round_step(const Group& g, const std::optional<at::Tensor>& reduced, const at::Tensor& out,
+// hpsgd::round_step through the dispatcher (round_step_call.h). Flats are
+// given by index: an 8-bit group passes its codes and their scales.
+void round_step(const Group& g, std::optional<int> reduced, int out,
                 const std::optional<at::Tensor>& sent, int64_t divisor,
                 const std::optional<at::Tensor>& verdict) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("hpsgd::round_step", "")
-                       .typed<void(at::TensorList, at::TensorList, const std::optional<at::Tensor>&,
-                                   const at::Tensor&, double, std::optional<at::TensorList>, double,
-                                   bool, const std::optional<at::Tensor>&, int64_t,
-                                   const std::optional<at::Tensor>&)>();
   std::optional<at::TensorList> momenta;
   if (!g.momenta.empty()) momenta = at::TensorList(g.momenta);
-  op.call(g.live, g.anchors, reduced, out, g.lr, momenta, g.momentum, g.nesterov, sent, divisor,
-          verdict);
+  std::optional<at::Tensor> red, out_scales, red_scales;
+  if (reduced) red = g.flats[*reduced];
+  if (g.quantized()) {
+    out_scales = g.scales[out];
+    if (reduced) red_scales = g.scales[*reduced];
+  }
+  round_step_op().call(g.live, g.anchors, red, g.flats[out], g.lr, momenta, g.momentum,
+                       g.nesterov, sent, divisor, verdict, out_scales, red_scales);
 }
 
 std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
@@ -48,6 +51,14 @@ std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
 }
 
 }  // namespace
+
+int64_t Group::flagged_numel() const { return quantized() ? quant::num_blocks(numel) : numel; }
+
+int64_t Group::round_bytes() const {
+  int64_t b = flats[0].numel() * flats[0].element_size();
+  if (quantized()) b += scales[0].numel() * scales[0].element_size();
+  return b;
+}
 
 void raise_control_error(const std::string& what, int rank, int world, double timeout_s,
                          const std::string& cause) {
@@ -127,9 +138,18 @@ Engine::Engine(std::vector<GroupSpec> specs, std::shared_ptr<comm::Transport> co
     for (const at::Tensor& t : g.live) g.numel += t.numel();
     const auto opts =
         at::TensorOptions().dtype(s.wire_dtype.value_or(s.live[0].scalar_type())).device(device_);
-    if (opts_.fragments == 1)
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
+    if (is_code_dtype(opts.dtype().toScalarType())) {
+      // Codes and scales of their own: at 1 byte an element, sharing them between
+      // fragments (share_flats) would save little.
+      for (int i = 0; i < 2; ++i) {
+        g.flats[i] = at::zeros({g.numel}, opts);
+        g.scales[i] = at::zeros({quant::num_blocks(g.numel) + world_}, f32);
+      }
+    } else if (opts_.fragments == 1) {
       for (auto& f : g.flats) f = at::zeros({g.numel + world_}, opts);  // else: share_flats()
-    if (opts_.keep) g.sent = at::zeros({g.numel}, opts);
+    }
+    if (opts_.keep) g.sent = at::zeros({g.numel}, g.quantized() ? f32 : opts);
     if (s.momentum > 0.0)
       for (const at::Tensor& a : g.anchors) g.momenta.push_back(at::zeros_like(a));
     g.lr = s.lr;
@@ -169,6 +189,7 @@ void Engine::share_flats() {
   std::map<at::ScalarType, std::vector<int64_t>> used;  // per dtype: elements per fragment
   std::vector<int64_t> offset(groups_.size());
   for (size_t k = 0; k < groups_.size(); ++k) {
+    if (groups_[k].quantized()) continue;  // buffers of their own (constructor)
     auto& per = used[groups_[k].wire];
     per.resize(static_cast<size_t>(opts_.fragments), 0);
     offset[k] = per[static_cast<size_t>(groups_[k].fragment)];
@@ -179,7 +200,7 @@ void Engine::share_flats() {
     at::Tensor buffers[2];
     for (auto& b : buffers) b = at::zeros({size}, at::TensorOptions().dtype(dtype).device(device_));
     for (size_t k = 0; k < groups_.size(); ++k) {
-      if (groups_[k].wire != dtype) continue;
+      if (groups_[k].wire != dtype || groups_[k].quantized()) continue;
       for (int i = 0; i < 2; ++i)
         groups_[k].flats[i] = buffers[i].narrow(0, offset[k], groups_[k].numel + world_);
     }
@@ -252,8 +273,9 @@ at::Tensor Engine::verdict_of(int prev, int64_t fragment) {
   std::vector<int64_t> numels;
   for (const Group& g : groups_) {
     if (g.fragment != fragment) continue;  // the round carried this fragment only
-    flats.push_back(g.flats[prev]);
-    numels.push_back(g.numel);
+    // 8 bits: a non-finite element makes its block's scale non-finite (csrc/quant.h).
+    flats.push_back(g.flagged(prev));
+    numels.push_back(g.flagged_numel());
   }
   reduced_verdict(flats, numels, world_, valid, info_);
   verdicts_.push(counters_.rounds - 1, info_);
@@ -288,7 +310,7 @@ void Engine::run_boundary(bool final_merges) {
     // First every merge: its scratch output lands in the buffer the new round
     // is then written to (see share_flats), never after that round was issued.
     for (Group& g : groups_)
-      if (g.fragment == merged) merge_only(g, g.flats[prev], g.flats[fill], verdict, final_merges);
+      if (g.fragment == merged) merge_only(g, prev, fill, verdict, final_merges);
   }
   std::vector<std::shared_ptr<comm::Work>> works;
   works.reserve(groups_.size());
@@ -296,15 +318,17 @@ void Engine::run_boundary(bool final_merges) {
     if (g.fragment != issuing) continue;
     // One fragment: the merge of the previous round and this round's change in one pass.
     const bool fused = merging && opts_.fragments == 1;
-    round_step(g, fused ? std::optional<at::Tensor>(g.flats[prev]) : std::nullopt, g.flats[fill],
-               defined_or_none(g.sent), world_, fused ? defined_or_none(verdict) : std::nullopt);
-    own_flag(g.flats[fill], g.numel, rank_, world_, opts_.check_finite);
+    round_step(g, fused ? std::optional<int>(prev) : std::nullopt, fill, defined_or_none(g.sent),
+               world_, fused ? defined_or_none(verdict) : std::nullopt);
+    own_flag(g.flagged(fill), g.flagged_numel(), rank_, world_, opts_.check_finite);
     // The wire carries d / N (round_step's divisor): the sum is the mean.
     {
       HPSGD_LABEL("hpsgd.all_reduce_async");
-      works.push_back(comm_->all_reduce(g.flats[fill], /*average=*/false));
+      works.push_back(g.quantized()
+                          ? comm_->quantized_all_reduce(g.flats[fill], g.scales[fill], world_)
+                          : comm_->all_reduce(g.flats[fill], /*average=*/false));
     }
-    counters_.bytes_reduced += g.flats[fill].numel() * g.flats[fill].element_size();
+    counters_.bytes_reduced += g.round_bytes();
   }
   account();
   inflight_ = std::move(works);
@@ -317,8 +341,8 @@ void Engine::run_boundary(bool final_merges) {
   if (window_) window_->round_ended(spent - exposed, steps);
 }
 
-void Engine::merge_only(Group& g, const at::Tensor& reduced, const at::Tensor& scratch,
-                        const at::Tensor& verdict, bool final_merge) {
+void Engine::merge_only(Group& g, int reduced, int scratch, const at::Tensor& verdict,
+                        bool final_merge) {
   // docs/round-protocol.md, "Fragments": round_step with the reduced round and a
   // scratch output. "keep" passes `sent`, so the replica keeps what it has not
   // sent (p = a + d), then nothing of this fragment is in flight (s = 0); a
@@ -367,7 +391,7 @@ void Engine::synchronize() {
   for (Group& g : groups_) {
     if (g.fragment != fragment) continue;
     // No `sent`: the replica becomes the global model.
-    round_step(g, g.flats[last], g.flats[scratch], std::nullopt, world_, defined_or_none(verdict));
+    round_step(g, last, scratch, std::nullopt, world_, defined_or_none(verdict));
     if (g.sent.defined()) g.sent.zero_();
   }
   inflight_.reset();
@@ -408,6 +432,12 @@ void Engine::replace_live(size_t group, size_t index, const at::Tensor& t) {
 std::vector<at::Tensor> Engine::reduced() const {
   std::vector<at::Tensor> out;
   for (const Group& g : groups_) out.push_back(g.flats[in_flight_index()]);
+  return out;
+}
+
+std::vector<at::Tensor> Engine::reduced_scales() const {
+  std::vector<at::Tensor> out;
+  for (const Group& g : groups_) out.push_back(g.scales[in_flight_index()]);
   return out;
 }
 

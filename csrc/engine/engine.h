@@ -57,12 +57,21 @@ struct Counters {
 struct Group {
   std::vector<at::Tensor> live, anchors, momenta;  // momenta empty without outer momentum
   at::Tensor flats[2];  // [segments | one flag slot per rank]; see NOTE: [double buffer]
-  at::Tensor sent;      // "keep" only: what was last put on the wire
+  // An 8-bit wire (docs/round-protocol.md, "8-bit wires"): flats hold the codes
+  // only, and scales[i] is [one float32 scale per block | one flag slot per rank].
+  at::Tensor scales[2];
+  at::Tensor sent;      // "keep" only: what was last put on the wire (8-bit: float32)
   double lr, momentum;
   bool nesterov;
   int64_t numel;
   int64_t fragment = 0;
-  at::ScalarType wire = at::kFloat;  // the flats' and `sent`'s dtype
+  at::ScalarType wire = at::kFloat;  // the flats' dtype (and `sent`'s but for 8 bits)
+  bool quantized() const { return scales[0].defined(); }
+  // The buffer the flag slots follow, and how many elements precede them.
+  const at::Tensor& flagged(int i) const { return quantized() ? scales[i] : flats[i]; }
+  int64_t flagged_numel() const;
+  // Bytes one round puts on the wire per rank (before the transport's own traffic).
+  int64_t round_bytes() const;
 };
 
 class Engine {
@@ -102,6 +111,8 @@ class Engine {
   int64_t pending_fragment() const { return fragment_of(counters_.rounds - 1); }
   // The reduced round still to be merged into each group (valid when pending()).
   std::vector<at::Tensor> reduced() const;
+  // Their scales (8-bit groups; undefined for the others).
+  std::vector<at::Tensor> reduced_scales() const;
   const Counters& counters() const { return counters_; }
   const VerdictCounts& verdicts() const { return verdicts_.counts(); }
   bool in_sync() const { return in_sync_; }
@@ -124,8 +135,8 @@ class Engine {
   // `final_merges`: the merged round's fragment leaves its replica equal to the
   // global model (synchronize()'s sweep; docs/round-protocol.md, "Fragments").
   void run_boundary(bool final_merges = false);
-  void merge_only(Group& g, const at::Tensor& reduced, const at::Tensor& scratch,
-                  const at::Tensor& verdict, bool final_merge);
+  // `reduced`, `scratch`: indices of g's flats (and scales).
+  void merge_only(Group& g, int reduced, int scratch, const at::Tensor& verdict, bool final_merge);
   double await_inflight(bool host);
   at::Tensor verdict_of(int prev, int64_t fragment);
   int64_t fragment_of(int64_t round) const {

@@ -14,20 +14,24 @@
   needs equal alignment falls off a cliff on), ResNet-50 (convolutions, BatchNorm,
   1,000-class head), and a Llama-style block stack with bf16 parameters and float32
   anchors (the hook's configuration), with and without outer momentum.
+- 8-bit wires (int8, float8_e4m3fn): the same round step that also quantises into codes
+  and block scales in its pass (docs/round-protocol.md, "8-bit wires"); its cost against
+  the float32 and bfloat16 wires of the same layout is the codec's hidden cost. Its
+  eager composition is the float32 rule above, then reference.quantize_blocks.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .. import _C, ops
+from .. import _C, ops, reference
 
 
 # --------------------------------------------------------------------------- layouts
@@ -96,7 +100,15 @@ def configs() -> list[Config]:
         Config("llama bf16/f32a, bf16 wire, mom", "llama", bf16, f32, bf16, momentum=0.9),
         Config("llama bf16/bf16a, bf16 wire", "llama", bf16, bf16, bf16),
         Config("llama bf16/f32a, bf16, reset", "llama", bf16, f32, bf16, keep=False),
+        Config("gpt2 f32, int8 wire", "gpt2", f32, f32, torch.int8),
+        Config("gpt2 f32, fp8 wire", "gpt2", f32, f32, torch.float8_e4m3fn),
+        Config("gpt2+odd f32, int8 wire", "gpt2-odd", f32, f32, torch.int8),
+        Config("llama bf16/f32a, int8 wire, mom", "llama", bf16, f32, torch.int8, momentum=0.9),
     ]
+
+
+def is_8bit(dtype: torch.dtype) -> bool:
+    return dtype in (torch.int8, torch.float8_e4m3fn)
 
 
 def layout_shapes(layout: str, scale: float) -> list[tuple[int, ...]]:
@@ -123,6 +135,8 @@ class Case:
     momenta: Optional[list[torch.Tensor]]
     numel: int
     extra: dict = field(default_factory=dict)
+    out_scales: Optional[torch.Tensor] = None  # 8-bit wires: block scales out and in
+    reduced_scales: Optional[torch.Tensor] = None
 
     def flat_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         sizes = [p.numel() for p in self.params]
@@ -141,9 +155,15 @@ def make_case(cfg: Config, device: str, scale: float = 1.0, seed: int = 0) -> Ca
     ps = [rand(s, cfg.param) for s in shapes]
     an = [rand(s, cfg.anchor) for s in shapes]
     n = sum(p.numel() for p in ps)
+    ms = [rand(s, cfg.anchor, 0.01) for s in shapes] if cfg.momentum else None
+    if is_8bit(cfg.flat):
+        red, red_s = reference.quantize_blocks(rand(n, torch.float32, 0.01), cfg.flat)
+        sent = rand(n, torch.float32, 0.01) if cfg.keep else None
+        out_s = torch.empty_like(red_s)
+        return Case(cfg, ps, an, red, torch.empty(n, device=device, dtype=cfg.flat), sent, ms, n,
+                    out_scales=out_s, reduced_scales=red_s)
     red = rand(n, cfg.flat, 0.01)
     sent = rand(n, cfg.flat, 0.01) if cfg.keep else None
-    ms = [rand(s, cfg.anchor, 0.01) for s in shapes] if cfg.momentum else None
     return Case(cfg, ps, an, red, torch.empty(n, device=device, dtype=cfg.flat), sent, ms, n)
 
 
@@ -152,13 +172,33 @@ def fused(c: Case, lr: float = 0.5) -> Callable[[], None]:
 
     def run():
         ops.round_step(c.params, c.anchors, c.reduced, c.out, lr=lr, momentum_buffers=c.momenta,
-                       momentum=mom, sent=c.sent)
+                       momentum=mom, sent=c.sent, out_scales=c.out_scales,
+                       reduced_scales=c.reduced_scales)
     return run
 
 
 def eager(c: Case, lr: float = 0.5) -> Callable[[], None]:
     """The same rule with foreach ops on views of the flat buffers (no torch.cat copy),
-    math in the anchors' dtype; the fastest eager form we found."""
+    math in the anchors' dtype; the fastest eager form we found. 8-bit wires: the
+    reduced codes dequantised first, the change into a float32 buffer, then quantised."""
+    if is_8bit(c.cfg.flat):
+        wide = Case(replace(c.cfg, flat=torch.float32), c.params, c.anchors, None,
+                    torch.empty(c.numel, device=c.out.device),
+                    c.sent, c.momenta, c.numel)
+        step = None
+
+        def run8():
+            nonlocal step
+            wide.reduced = reference.dequantize_blocks(c.reduced, c.reduced_scales)
+            if step is None:
+                step = eager(wide, lr)
+            step()
+            codes, scales = reference.quantize_blocks(wide.out, c.cfg.flat)
+            c.out.copy_(codes)
+            c.out_scales.copy_(scales)
+            if c.sent is not None:
+                c.sent.copy_(reference.dequantize_blocks(codes, scales))
+        return run8
     out_v, red_v = c.flat_views(c.out), c.flat_views(c.reduced)
     sent_v = c.flat_views(c.sent) if c.sent is not None else None
     adt = c.anchors[0].dtype
@@ -189,14 +229,17 @@ def eager(c: Case, lr: float = 0.5) -> Callable[[], None]:
 
 
 def min_bytes(c: Case) -> int:
-    """One pass: p, a, reduced (+ m, sent) read; out, a, p (+ m, sent) written."""
+    """One pass: p, a, reduced (+ m, sent) read; out, a, p (+ m, sent) written (8-bit
+    wires: one byte a code, `sent` float32, and the block scales read and written)."""
     pe, ae, fe = c.params[0].element_size(), c.anchors[0].element_size(), c.out.element_size()
+    se = c.sent.element_size() if c.sent is not None else 0
     per = 2 * pe + 2 * ae + fe + fe  # p, a read and written; reduced read; out written
     if c.sent is not None:
-        per += 2 * fe
+        per += 2 * se
     if c.momenta is not None:
         per += 2 * ae
-    return c.numel * per
+    scales = 0 if c.out_scales is None else 2 * 4 * c.out_scales.numel()
+    return c.numel * per + scales
 
 
 class _ByteCounter(TorchDispatchMode):
@@ -311,6 +354,11 @@ def host_cost(device: str, tensors: int = 200, calls: int = 200) -> dict:
 def kernel_name(c: Case) -> str:
     """The name preload_kernels() reports for the kernel this case launches."""
     short = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+    if is_8bit(c.cfg.flat):  # as quantized_kernels() names them (quantized_step_cuda.cu)
+        shape = (2 if c.reduced is not None else 0) + (c.sent is not None) + (2 if c.momenta else 0)
+        code = "Char" if c.cfg.flat == torch.int8 else "Float8_e4m3fn"
+        name = {torch.float32: "Float", torch.bfloat16: "BFloat16", torch.float16: "Half"}
+        return f"quantized_step[{shape}] p={name[c.cfg.param]} a={name[c.cfg.anchor]} c={code}"
     flags = "ar" + ("s" if c.sent is not None else "-") + ("m" if c.momenta is not None else "-") + "op"
     return f"boundary[{flags}] p={short[c.cfg.param]} a={short[c.cfg.anchor]} f={short[c.cfg.flat]}"
 

@@ -19,7 +19,7 @@ import os
 import sys
 
 from . import topology
-from .algorithms import ALGORITHMS, HIERARCHICAL
+from .algorithms import ALGORITHMS, HIERARCHICAL, split_wire
 from .data import DATASETS
 
 
@@ -31,7 +31,8 @@ def parse(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="hpsgd-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--algo", default="none,hpsgd,hpsgd-reset,ddp,localsgd",
-                    help=f"comma-separated, from {', '.join(ALGORITHMS)}")
+                    help=f"comma-separated, from {', '.join(ALGORITHMS)}; NAME@WIRE runs NAME with "
+                         "--comm-dtype WIRE (hpsgd,hpsgd@bf16,hpsgd@int8,hpsgd@fp8 compares wires)")
     ap.add_argument("--workers", type=int, default=None,
                     help="local worker processes, each a node of its own (default 2, or --nodes x "
                          "--workers-per-node; ignored under torchrun)")
@@ -61,7 +62,7 @@ def parse(argv=None) -> dict:
     ap.add_argument("--sync-every", default="auto",
                     help="HPSGD window: 'auto' or a number of steps (ddp+hpsgd, fsdp+hpsgd: 'auto' means "
                          "--period; their windows are fixed)")
-    ap.add_argument("--comm-dtype", choices=["none", "bf16", "fp16"], default="none")
+    ap.add_argument("--comm-dtype", choices=["none", "bf16", "fp16", "int8", "fp8"], default="none")
     ap.add_argument("--period", type=int, default=16,
                     help="local SGD and ddp+avg averaging period (steps)")
     ap.add_argument("--evals", type=int, default=5, help="evaluations per run (each synchronises first)")
@@ -73,7 +74,13 @@ def parse(argv=None) -> dict:
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     algos = [s.strip() for s in a.algo.split(",") if s.strip()]
-    bad = [s for s in algos if s not in ALGORITHMS]
+    def known(s):
+        try:
+            return split_wire(s)[0] in ALGORITHMS
+        except ValueError:
+            return False
+
+    bad = [s for s in algos if not known(s)]
     if bad:
         ap.error(f"unknown algorithm(s) {bad}; expected from {', '.join(ALGORITHMS)}")
     if a.sync_every != "auto" and not a.sync_every.isdigit():
@@ -83,7 +90,7 @@ def parse(argv=None) -> dict:
         workers, nodes, per_node = topology.resolve(a.workers, a.nodes, a.workers_per_node, launched)
     except ValueError as e:
         ap.error(str(e))
-    hier = [s for s in algos if s in HIERARCHICAL]
+    hier = [s for s in algos if split_wire(s)[0] in HIERARCHICAL]
     if hier and (nodes < 2 or per_node < 2):
         ap.error(f"{', '.join(hier)} need(s) --nodes >= 2 and --workers-per-node >= 2 (DDP or FSDP2 inside "
                  f"a node, the slow link across); got {nodes} node(s) x {per_node} worker(s)")

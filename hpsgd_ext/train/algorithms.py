@@ -173,7 +173,8 @@ class _LocalSGD(Algorithm):
         return dict(self.where)
 
 
-COMM_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMM_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8,
+               "fp8": torch.float8_e4m3fn}
 
 
 class _Reference(Algorithm):
@@ -223,10 +224,30 @@ class _Ceiling(Algorithm):
         self.thread.join()
 
 
+# Algorithms that send HPSGD rounds: "NAME@WIRE" runs NAME with comm_dtype WIRE
+# (one run of the study compares wires side by side: hpsgd,hpsgd@bf16,hpsgd@int8).
+WIRED = ("hpsgd", "hpsgd-reset", "hpsgd-ref", "ddp+hpsgd", "fsdp+hpsgd")
+
+
+def split_wire(name: str) -> tuple[str, Optional[str]]:
+    """("hpsgd", "int8") for "hpsgd@int8", (name, None) without a wire; ValueError
+    for an unknown wire or an algorithm that sends no rounds."""
+    base, at, wire = name.partition("@")
+    if not at:
+        return name, None
+    if base not in WIRED or wire not in COMM_DTYPES:
+        raise ValueError(f"algorithm {name!r}: NAME@WIRE needs NAME from {', '.join(WIRED)} and WIRE from "
+                         f"{', '.join(COMM_DTYPES)}")
+    return base, wire
+
+
 def make_algorithm(name: str, model: nn.Module, make_optimizer: OptimizerFactory,
                    link: Optional[LinkModel], cfg: dict) -> Algorithm:
     """``link``: the inter-node link as this rank sees it (None: not emulated); the
     hierarchical algorithms hold only their traffic across nodes by it."""
+    name, wire = split_wire(name)
+    if wire is not None:
+        cfg = dict(cfg, comm_dtype=wire)
     if name in HIERARCHICAL:
         return _hierarchical(name, model, make_optimizer, link, cfg)
     if name == "none":
