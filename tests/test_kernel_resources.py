@@ -51,3 +51,18 @@ def test_verdict_kernels_built_without_spills():
     for r in verdict:
         assert r["local"] == 0 and r["stack"] == 0, r
         assert r["registers"] <= MAX_REGISTERS, r
+
+
+def test_quant_sum_kernels_built_without_spills():
+    """The 8-bit reduction's kernels (csrc/cuda/quant_sum_cuda.cu): the shard sum for
+    int8 and float8_e4m3fn codes (kBlock threads, one element each) and the extra sum."""
+    if not hpsgd_ext.built_with_cuda():
+        pytest.skip("built without CUDA")
+    rows = cuobjdump_resources()
+    if rows is None:
+        pytest.skip("no cuobjdump on this machine")
+    found = [r for r in rows if "quant_sum_cuda" in r["function"]]
+    assert len(found) == 3, found
+    for r in found:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        assert r["registers"] <= 128, r  # 512 threads a block: 65536 / 512
