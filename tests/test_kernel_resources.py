@@ -66,3 +66,18 @@ def test_quant_sum_kernels_built_without_spills():
     for r in found:
         assert r["local"] == 0 and r["stack"] == 0, r
         assert r["registers"] <= 128, r  # 512 threads a block: 65536 / 512
+
+
+def test_quantized_step_kernels_built_without_spills():
+    """round_step on an 8-bit wire (csrc/cuda/quantized_step_cuda.cu): one kernel per
+    round_step variant (6), param/anchor dtype pair (5) and code dtype (2), none spilling."""
+    if not hpsgd_ext.built_with_cuda():
+        pytest.skip("built without CUDA")
+    rows = cuobjdump_resources()
+    if rows is None:
+        pytest.skip("no cuobjdump on this machine")
+    found = [r for r in rows if "quantized_step_kernel" in r["function"]]
+    assert len(found) == 60, [r["function"] for r in found]
+    for r in found:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        assert r["registers"] <= 255, r
