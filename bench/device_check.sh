@@ -50,8 +50,8 @@ export HPSGD_BENCH_OUT=$RES
 # with -s so that a timed-out test's stack dump reaches the log. The two groups run
 # side by side: the runtime tests' bounds are on the host's time or far above a
 # shared GPU's slowdown, and the device time saved is what a lease is short of.
-OPS_TESTS=${HPSGD_CHECK_OPS_TESTS-"tests/test_ops.py tests/test_ops_gpu.py tests/test_ops_layouts.py tests/test_ops_errors.py tests/test_ops_opcheck.py tests/test_ops_verdict.py"}
-RUN_TESTS=${HPSGD_CHECK_RUN_TESTS-"tests/test_hook_gpu.py tests/test_hook_gpu_multiprocess.py tests/test_comm_gpu.py"}
+OPS_TESTS=${HPSGD_CHECK_OPS_TESTS-"tests/test_ops.py tests/test_ops_gpu.py tests/test_ops_layouts.py tests/test_ops_errors.py tests/test_ops_opcheck.py tests/test_ops_verdict.py tests/test_ops_quantized.py tests/test_ops_quant_sum.py"}
+RUN_TESTS=${HPSGD_CHECK_RUN_TESTS-"tests/test_hook_gpu.py tests/test_hook_gpu_multiprocess.py tests/test_comm_gpu.py tests/test_quantized_comm.py tests/test_quantized_comm_multiprocess.py"}
 LIMIT=${HPSGD_CHECK_TEST_LIMIT:-180}
 # shellcheck disable=SC2086
 [ -n "$OPS_TESTS" ] && stage tests-ops "$LIMIT" tests-ops.log \

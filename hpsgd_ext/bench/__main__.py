@@ -8,6 +8,7 @@ and a readable table into a results folder.
                         [--nodes 2 --workers-per-node 2]   (DDP/FSDP2 inside, the link between nodes)
     hpsgd-bench step-overlap [--device cpu|cuda] [--steps 10]   (one rank: step vs slow all-reduce)
     hpsgd-bench netns   [--workers 2,4] [--bandwidth-mbit 200] [--seconds 10] [--out bench/results]
+    hpsgd-bench wires   FOLDER...        (the wire study from main-job runs, one folder per link rate)
     hpsgd-bench report  [folder]        (one markdown page from the JSON in a results folder)
 """
 
@@ -98,6 +99,13 @@ def _netns(args) -> int:
                  lambda path: netns.plot(res, path))
 
 
+def _wires(args) -> int:
+    from . import wires
+    rows = wires.collect(args.folders)
+    return _emit(args.out, "wires", {"benchmark": "wires", "rows": rows}, wires.table(rows),
+                 lambda path: wires.plot(rows, path))
+
+
 def _report(args) -> int:
     from . import report
     try:
@@ -164,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
     n.add_argument("--out", default="bench/results")
     n.set_defaults(fn=_netns)
+    w = sub.add_parser("wires", help="float32 vs bf16 vs int8 vs fp8 rounds from main-job runs")
+    w.add_argument("folders", nargs="+", help="hpsgd-train --out folders (results.json)")
+    w.add_argument("--out", default="bench/results")
+    w.set_defaults(fn=_wires)
     r = sub.add_parser("report", help="one markdown page (tables and plots) from a results folder")
     r.add_argument("folder", nargs="?", default="bench/results")
     r.add_argument("--out", default=None, help="default: <folder>/REPORT.md")

@@ -11,7 +11,7 @@ import os
 
 def _tables():
     from ..train import report as train_report
-    from . import comm, hook_overhead, kernels, netns, overlap, step_overlap
+    from . import comm, hook_overhead, kernels, netns, overlap, step_overlap, wires
 
     return {
         "kernels": ("Fused kernels against eager PyTorch and a plain copy", lambda d: kernels.table(d["rows"])),
@@ -20,6 +20,8 @@ def _tables():
         "step_overlap": ("One rank: training steps against one slow all-reduce", step_overlap.table),
         "overlap": ("Overlap sweep under link emulation", overlap.table),
         "netns": ("Over real shaped links", netns.table),
+        "wires": ("HPSGD's rounds in float32, bf16, int8 and fp8 over shaped links",
+                  lambda d: wires.table(d["rows"])),
         "train": ("Main job: accuracy in the same wall time", lambda d: train_report.table(d["runs"])),
     }
 

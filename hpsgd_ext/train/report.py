@@ -20,14 +20,21 @@ def exposed_percent(run: dict, baseline: dict | None) -> float | None:
 def table(runs: list[dict]) -> str:
     base = next((r for r in runs if r["algo"] == "none"), None)
     ceiling = next((r for r in runs if r["algo"] == "ceiling"), None)
-    head = f"{'algorithm':12} {'final acc':>9} {'best acc':>8} {'steps':>7} {'steps/s':>8} {'vs none':>7} {'exposed':>8} {'rounds':>7}"
+    w = max([12] + [len(r["algo"]) for r in runs])
+    head = (f"{'algorithm':{w}} {'final acc':>9} {'best acc':>8} {'steps':>7} {'steps/s':>8} {'vs none':>7} "
+            f"{'exposed':>8} {'rounds':>7} {'steps/rnd':>9} {'KB/round':>8}")
     lines = [head, "-" * len(head)]
     for r in runs:
         ex = exposed_percent(r, base)
         rel = f"{100 * r['steps_per_s'] / base['steps_per_s']:6.0f}%" if base else "      -"
-        rounds = r["stats"].get("rounds", "-")
-        lines.append(f"{r['algo']:12} {r['final_acc']:9.4f} {r['best_acc']:8.4f} {r['steps']:7d} "
-                     f"{r['steps_per_s']:8.1f} {rel:>7} {('-' if ex is None else f'{ex:6.1f}%'):>8} {rounds!s:>7}")
+        st = r["stats"]
+        rounds = st.get("rounds", "-")
+        # HPSGD's rounds: steps per round and the payload each put on the wire
+        per = f"{st['steps_per_round']:9.1f}" if st.get("steps_per_round") else f"{'-':>9}"
+        kb = f"{st['bytes_reduced'] / st['rounds'] / 1e3:8.1f}" if st.get("rounds") else f"{'-':>8}"
+        lines.append(f"{r['algo']:{w}} {r['final_acc']:9.4f} {r['best_acc']:8.4f} {r['steps']:7d} "
+                     f"{r['steps_per_s']:8.1f} {rel:>7} {('-' if ex is None else f'{ex:6.1f}%'):>8} {rounds!s:>7} "
+                     f"{per} {kb}")
     if ceiling is not None:
         lines.append(f"ceiling: compute alone while the transport streams all-reduces keeps "
                      f"{ceiling['steps_per_s']:.1f} steps/s")
