@@ -185,14 +185,16 @@ def long_run(rank, world, rounds):
     return {"rss": marks, "early_s": early, "late_s": late, "rounds": st["rounds"]}
 
 
-def killed_while_training(rank, world, timeout):
-    """Rank 1 dies mid-round; the others must raise a clear error within the timeout."""
+def killed_while_training(rank, world, timeout, comm_dtype=None):
+    """Rank 1 dies mid-round; the others must raise a clear error within the timeout.
+    ``comm_dtype``: a torch dtype's name."""
     import os
     import signal
 
     model = make_model(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    hp = HPSGD(model, opt, sync_every=2, timeout=timeout)
+    hp = HPSGD(model, opt, sync_every=2, timeout=timeout,
+               comm_dtype=getattr(torch, comm_dtype) if comm_dtype else None)
     t0 = []
 
     def die(s):
@@ -240,16 +242,17 @@ def mismatched(rank, world, what):
     return None
 
 
-def stopped_peer(rank, world, timeout, sync_every):
+def stopped_peer(rank, world, timeout, sync_every, comm_dtype=None):
     """Rank 1 is SIGSTOPped mid-training (alive, silent). Rank 0 only runs steps,
     never calls wait(): the watchdog must turn the missed deadline into an error
-    at rank 0's next step, within the timeout."""
+    at rank 0's next step, within the timeout. ``comm_dtype``: a torch dtype's name."""
     import os
     import signal
 
     model = make_model(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    hp = HPSGD(model, opt, sync_every=sync_every, timeout=timeout)
+    hp = HPSGD(model, opt, sync_every=sync_every, timeout=timeout,
+               comm_dtype=getattr(torch, comm_dtype) if comm_dtype else None)
     marks = []
 
     def stop(s):

@@ -29,6 +29,21 @@ def test_report_rebuilds_every_table_from_json(tmp_path):
             assert os.path.exists(os.path.join(RESULTS, line.split("](")[1].rstrip(")")))
 
 
+def test_wires_rebuilds_the_study_from_the_committed_runs(tmp_path):
+    """hpsgd-bench wires over the committed main-job runs: one row per rate and wire, the
+    payload a quarter of float32's for 8 bits, a plot."""
+    folders = sorted(os.path.join(RESULTS, d) for d in os.listdir(RESULTS) if d.startswith("wires-"))
+    assert main(["wires", *folders, "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "wires.json").read_text())["rows"]
+    assert len(rows) == 4 * len(folders) and {r["wire"] for r in rows} == {"fp32", "bf16", "int8", "fp8"}
+    for r in rows:
+        fp32 = next(x for x in rows if x["folder"] == r["folder"] and x["wire"] == "fp32")
+        ratio = {"fp32": 1, "bf16": 2, "int8": 4, "fp8": 4}[r["wire"]]
+        assert r["kb_per_round"] == pytest.approx(fp32["kb_per_round"] / ratio, rel=0.02), r
+    assert (tmp_path / "wires.png").stat().st_size > 10_000
+    assert "steps/round" in (tmp_path / "wires.txt").read_text()
+
+
 def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no benchmark JSON" in capsys.readouterr().err
