@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "round_step_call.h"  // csrc/'s, installed beside this header
+
 namespace hpsgd::ops {
 
 namespace detail {
@@ -60,20 +62,20 @@ inline void merge(at::TensorList params, at::TensorList anchors, const at::Tenso
 // no `sent`) or p = a + d and sent = out ("keep"). With divisor = N the all-reduce
 // that follows is a SUM over N ranks and yields the mean. `verdict` (1 float32
 // element on the device, 0 or NaN = discard) lets the device refuse a bad round.
+// An 8-bit `out` (int8 or float8_e4m3fn) takes `out_scales` (float32, one per 512
+// elements) and reads `reduced` as codes with `reduced_scales`; `sent` is float32
+// and holds what the codes carry (docs/round-protocol.md, "8-bit wires").
 inline void round_step(at::TensorList params, at::TensorList anchors,
                        const std::optional<at::Tensor>& reduced, const at::Tensor& out,
                        double lr = 1.0,
                        std::optional<at::TensorList> momentum_buffers = std::nullopt,
                        double momentum = 0.0, bool nesterov = false,
                        const std::optional<at::Tensor>& sent = std::nullopt, int64_t divisor = 1,
-                       const std::optional<at::Tensor>& verdict = std::nullopt) {
-  static const auto h =
-      detail::op<void(at::TensorList, at::TensorList, const std::optional<at::Tensor>&,
-                      const at::Tensor&, double, std::optional<at::TensorList>, double, bool,
-                      const std::optional<at::Tensor>&, int64_t, const std::optional<at::Tensor>&)>(
-          "hpsgd::round_step");
-  h.call(params, anchors, reduced, out, lr, momentum_buffers, momentum, nesterov, sent, divisor,
-         verdict);
+                       const std::optional<at::Tensor>& verdict = std::nullopt,
+                       const std::optional<at::Tensor>& out_scales = std::nullopt,
+                       const std::optional<at::Tensor>& reduced_scales = std::nullopt) {
+  hpsgd::round_step_op().call(params, anchors, reduced, out, lr, momentum_buffers, momentum,
+                              nesterov, sent, divisor, verdict, out_scales, reduced_scales);
 }
 
 }  // namespace hpsgd::ops

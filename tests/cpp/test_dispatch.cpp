@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "round_step_call.h"
+
 #include <cstdio>
 #include <optional>
 
@@ -18,13 +20,7 @@ void expect(bool ok, const char* what) {
 }  // namespace
 
 int main() {
-  auto round_step =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("hpsgd::round_step", "")
-          .typed<void(at::TensorList, at::TensorList, const std::optional<at::Tensor>&,
-                      const at::Tensor&, double, std::optional<at::TensorList>, double, bool,
-                      const std::optional<at::Tensor>&, int64_t,
-                      const std::optional<at::Tensor>&)>();
+  const auto& round_step = hpsgd::round_step_op();
   auto flatten = c10::Dispatcher::singleton()
                      .findSchemaOrThrow("hpsgd::flatten", "")
                      .typed<void(at::TensorList, const at::Tensor&)>();
@@ -42,7 +38,8 @@ int main() {
   at::Tensor d = p0 - a0 - s0;
   at::Tensor a_new = a0 + 0.5 * reduced;
 
-  round_step.call(p, a, reduced, out, 0.5, std::nullopt, 0.0, false, sent, 1, std::nullopt);
+  round_step.call(p, a, reduced, out, 0.5, std::nullopt, 0.0, false, sent, 1, std::nullopt,
+                  std::nullopt, std::nullopt);
 
   expect(at::allclose(out, d), "out = p - a - sent");
   expect(at::allclose(at::cat({a[0].flatten(), a[1]}), a_new), "a += lr * reduced");

@@ -167,6 +167,33 @@ void run_rank(int rank, const std::string& path) {
   expect(rank, at::isfinite(healed).all().item<bool>(), "finite after the next synchronize()");
   expect(rank, bitwise_equal(healed, exchange(*store, "sync2", rank, healed)),
          "both ranks bit for bit identical after the skip");
+
+  // 3. An 8-bit wire from C++ (docs/round-protocol.md, "8-bit wires"): the same rule
+  // with int8 codes on the wire; what the codes round away is sent again by "keep",
+  // so the model stays within the codes' resolution of the float32 rule's.
+  std::vector<at::Tensor> live8 = {model.narrow(0, 0, 15).reshape({3, 5}).clone(),
+                                   model.narrow(0, 15, 7).clone()};
+  Reference ref8{flat(live8), {flat(live8), flat(live8)}, {at::zeros({n}), at::zeros({n})}, {}};
+  hpsgd::engine::Engine engine8({{live8, at::kChar}}, comm, control, opts);
+  expect(rank, engine8.groups()[0].quantized() && engine8.groups()[0].sent.scalar_type() == at::kFloat,
+         "an int8 group: codes and scales, sent in float32");
+  for (int k = 0; k < 7; ++k, ++step) {
+    for (int i = 0; i < kWorld; ++i) ref8.p[i] -= 0.1 * grad(i, step, n);
+    at::Tensor g = grad(rank, step, n);
+    live8[0].reshape({-1}).sub_(0.1 * g.narrow(0, 0, 15));
+    live8[1].sub_(0.1 * g.narrow(0, 15, 7));
+    if ((k + 1) % kH == 0) ref8.boundary();
+    engine8.on_step();
+  }
+  engine8.synchronize();
+  ref8.synchronize();
+  const at::Tensor model8 = flat(live8);
+  expect(rank, at::allclose(model8, ref8.a, 0.0, 5e-3), "8-bit: within the codes' resolution of the rule");
+  expect(rank, !at::equal(model8, ref8.a), "8-bit: the codes changed the result (the wire is not ignored)");
+  expect(rank, bitwise_equal(model8, exchange(*store, "sync3", rank, model8)),
+         "8-bit: both ranks bit for bit identical");
+  expect(rank, engine8.counters().bytes_reduced == 4 * (n + 4 * (1 + kWorld)),
+         "8-bit: 4 rounds of n codes, one scale and the flag slots");
   comm->close();
 }
 
