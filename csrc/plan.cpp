@@ -143,6 +143,9 @@ Plan make_plan(const PlanRequest& q) {
   auto take_scales = [&](const std::optional<at::Tensor>& s, const char* name, bool wanted,
                          const char* with) -> float* {
     if (!wanted) {
+      if (pl.quantized)  // reduced_scales without a reduced round
+        HPSGD_CHECK_ARG(!given(s), op, ": ", name, " is given but ", q.reduced_name,
+                        " is None; expected ", name, " only with a reduced round");
       HPSGD_CHECK_ARG(!given(s), op, ": ", name, " is given but out has dtype ",
                       given(q.out) ? q.out->scalar_type() : at::kFloat,
                       "; expected ", name, " only with an 8-bit out (int8 or float8_e4m3fn)");
@@ -151,7 +154,7 @@ Plan make_plan(const PlanRequest& q) {
     HPSGD_CHECK_ARG(given(s), op, ": ", name, " is None with an 8-bit ", with,
                     "; expected a float32 tensor of at least ", nb, " elements (one scale per ",
                     quant::kBlock, " elements)");
-    check_tensor(op, *s, Name{name, -1}, *device);
+    check_layout(op, *s, Name{name, -1}, *device);
     HPSGD_CHECK_TYPE(s->scalar_type() == at::kFloat, op, ": ", name, " has dtype ",
                      s->scalar_type(), "; expected float32");
     HPSGD_CHECK_ARG(s->numel() >= nb, op, ": ", name, " has ", s->numel(),

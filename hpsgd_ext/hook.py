@@ -464,6 +464,9 @@ class HPSGD:
                     one(f"group {k} reduced_scales", s.get("reduced_scales"), scales.shape, scales.dtype)
             elif s["reduced"] is not None:
                 raise bad(f"group {k} reduced is a tensor but no round of its fragment is pending")
+            if s.get("reduced_scales") is not None and (scales is None or s["reduced"] is None):
+                raise bad(f"group {k} reduced_scales is a tensor but "
+                          + ("this group's wire is not 8-bit" if scales is None else "no round is pending"))
         return state["groups"]
 
     @torch.no_grad()

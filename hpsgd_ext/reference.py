@@ -265,8 +265,8 @@ def quantize_blocks(x: torch.Tensor, dtype: torch.dtype, block: int = QUANT_BLOC
     v = torch.where(torch.isfinite(scale)[:, None], v, torch.zeros_like(v))  # never a NaN code
     if dtype == torch.int8:
         codes = v.round().clamp(-127, 127).to(torch.int8)
-    else:
-        codes = v.to(torch.float8_e4m3fn)
+    else:  # clamped: a subnormal scale rounds, and |v| may pass 448 (csrc/quant.h)
+        codes = v.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
     return codes.reshape(-1)[:n].contiguous(), scale
 
 

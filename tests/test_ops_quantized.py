@@ -196,6 +196,8 @@ def _bad(device, **over):
     (dict(reduced_scales=None), ValueError, r"reduced_scales is None with an 8-bit reduced"),
     (dict(out_scales="short"), ValueError, r"out_scales has 1 elements; expected at least 2"),
     (dict(out_scales="f16"), TypeError, r"out_scales has dtype Half; expected float32"),
+    (dict(out_scales="f64"), TypeError, r"out_scales has dtype Double; expected float32"),
+    (dict(reduced=None), ValueError, r"reduced_scales is given but reduced is None; expected reduced_scales only"),
     (dict(sent="bf16"), TypeError, r"sent has dtype BFloat16 with an 8-bit out; expected float32"),
     (dict(reduced="fp8"), TypeError, r"reduced has dtype Float8_e4m3fn but out has Char"),
     (dict(out="f32", reduced="f32"), ValueError, r"out_scales is given but out has dtype Float"),
@@ -205,7 +207,7 @@ def _bad(device, **over):
 def test_bad_input_names_the_argument_and_writes_nothing(device, over, exc, msg):
     kw = _bad(device)
     conv = {"short": lambda t: t[:-1] if t.numel() != 605 else t[:600],
-            "f16": lambda t: t.half(), "bf16": lambda t: t.bfloat16(),
+            "f16": lambda t: t.half(), "bf16": lambda t: t.bfloat16(), "f64": lambda t: t.double(),
             "fp8": lambda t: t.view(torch.float8_e4m3fn), "f32": lambda t: t.float(),
             "alias": lambda t: kw["sent"][:2]}
     for k, v in over.items():

@@ -2,7 +2,9 @@
 back, one final wait; algbw = bytes / time per collective, busbw = algbw * 2(n-1)/n.
 Against ``torch.distributed.all_reduce(async_op=True)`` on the same group in the same
 run. Correctness is checked outside the timed loop. Also: the CPU cost of issuing one
-collective and of ``is_completed``, and how much of a collective hides behind compute.
+collective and of ``is_completed``, how much of a collective hides behind compute, and
+the 8-bit reduction (``quantized_all_reduce_async``: int8 codes of the same element count
+and their scales, two phases) against the float32 all-reduce of those elements.
 """
 
 from __future__ import annotations
@@ -62,9 +64,14 @@ def worker(min_bytes: int, max_bytes: int, device_type: str) -> dict:
                                     lambda ws: ws[-1].wait(), iters, device)
         t_torch = _time_back_to_back(lambda: dist.all_reduce(x, async_op=True),
                                      lambda ws: [w.wait() for w in ws], iters, device)
+        codes = torch.zeros(n, dtype=torch.int8, device=device)
+        scales = torch.ones((n + 511) // 512, device=device)
+        comm.quantized_all_reduce_async(codes, scales).wait()  # warm-up
+        t_q8 = _time_back_to_back(lambda: comm.quantized_all_reduce_async(codes, scales),
+                                  lambda ws: ws[-1].wait(), iters, device)
         factor = 2 * (world - 1) / world
         rows.append({"bytes": nbytes, "iters": iters, "correct": ok,
-                     "hpsgd_s": t_ours, "torch_s": t_torch,
+                     "hpsgd_s": t_ours, "torch_s": t_torch, "int8_s": t_q8,
                      "hpsgd_algbw_GBps": nbytes / t_ours / 1e9, "torch_algbw_GBps": nbytes / t_torch / 1e9,
                      "hpsgd_busbw_GBps": nbytes / t_ours / 1e9 * factor,
                      "torch_busbw_GBps": nbytes / t_torch / 1e9 * factor})
@@ -118,17 +125,22 @@ def _overlap(comm: Communicator, device, nbytes: int = 64 * 2**20) -> dict:
 
 
 def table(res: dict) -> str:
-    head = f"{'bytes':>12} {'iters':>5} {'ok':>3} {'hpsgd algbw':>12} {'busbw':>8} {'torch algbw':>12} {'busbw':>8} {'ratio':>6}"
+    head = (f"{'bytes':>12} {'iters':>5} {'ok':>3} {'hpsgd algbw':>12} {'busbw':>8} {'torch algbw':>12} "
+            f"{'busbw':>8} {'ratio':>6} {'int8 x':>6}")
     lines = [f"transport {res['transport']}, world {res['world']} (GB/s)", head, "-" * len(head)]
     for r in res["rows"]:
         lines.append(f"{r['bytes']:12d} {r['iters']:5d} {'y' if r['correct'] else 'N':>3} "
                      f"{r['hpsgd_algbw_GBps']:12.3f} {r['hpsgd_busbw_GBps']:8.3f} "
                      f"{r['torch_algbw_GBps']:12.3f} {r['torch_busbw_GBps']:8.3f} "
-                     f"{r['torch_s'] / r['hpsgd_s']:6.2f}")
+                     f"{r['torch_s'] / r['hpsgd_s']:6.2f} "
+                     + (f"{r['hpsgd_s'] / r['int8_s']:6.2f}" if "int8_s" in r else f"{'-':>6}"))
     i, o = res["issue"], res["overlap"]
     lines.append(f"issue cost {i['issue_us_median']:.1f} us (median), is_completed {i['is_completed_us_median']:.2f} us")
     lines.append(f"overlap, {o['bytes'] >> 20} MB: compute {o['compute_s']:.3f} s, comm {o['comm_s']:.3f} s, "
                  f"both {o['both_s']:.3f} s -> {100 * o['hidden_fraction']:.0f}% of the collective hidden")
+    if any("int8_s" in r for r in res["rows"]):
+        lines.append("int8 x: the float32 all-reduce's time over the 8-bit reduction's for the same elements "
+                     "(quantized_all_reduce_async: int8 codes, a float32 scale per 512, two phases)")
     return "\n".join(lines)
 
 
@@ -142,6 +154,10 @@ def plot(res: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [r["hpsgd_busbw_GBps"] for r in rows], "o-", label="hpsgd Communicator")
     ax.plot(x, [r["torch_busbw_GBps"] for r in rows], "s--", label="torch.distributed.all_reduce")
+    if all("int8_s" in r for r in rows):  # the float32 elements it reduces, per second
+        f = 2 * (res["world"] - 1) / res["world"]
+        ax.plot(x, [r["bytes"] / r["int8_s"] / 1e9 * f for r in rows], "^:",
+                label="8-bit reduction (float32-equivalent)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("message size (bytes)")
     ax.set_ylabel("bus bandwidth (GB/s)")
