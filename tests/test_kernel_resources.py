@@ -19,12 +19,17 @@ KERNELS = 2 * 9 + 8 * 15
 
 
 @pytest.fixture(scope="module")
-def kernels():
+def rows():
     if not hpsgd_ext.built_with_cuda():
         pytest.skip("built without CUDA")
-    rows = cuobjdump_resources()
-    if rows is None:
+    found = cuobjdump_resources()
+    if found is None:
         pytest.skip("no cuobjdump on this machine")
+    return found
+
+
+@pytest.fixture(scope="module")
+def kernels(rows):
     return [r for r in rows if "multi_tensor_kernel" in r["function"]]
 
 
@@ -38,46 +43,22 @@ def test_no_spills_and_registers_bounded(kernels):
         assert r["registers"] <= MAX_REGISTERS, r
 
 
-def test_verdict_kernels_built_without_spills():
-    """The verdict's scan and init kernels (csrc/cuda/verdict_cuda.cu): kernel
-    parameters indexed by flat, read in place (no local copy of the span table)."""
-    if not hpsgd_ext.built_with_cuda():
-        pytest.skip("built without CUDA")
-    rows = cuobjdump_resources()
-    if rows is None:
-        pytest.skip("no cuobjdump on this machine")
-    verdict = [r for r in rows if "verdict_cuda" in r["function"]]
-    assert len(verdict) == 3, verdict
-    for r in verdict:
-        assert r["local"] == 0 and r["stack"] == 0, r
-        assert r["registers"] <= MAX_REGISTERS, r
-
-
-def test_quant_sum_kernels_built_without_spills():
-    """The 8-bit reduction's kernels (csrc/cuda/quant_sum_cuda.cu): the shard sum for
-    int8 and float8_e4m3fn codes (kBlock threads, one element each) and the extra sum."""
-    if not hpsgd_ext.built_with_cuda():
-        pytest.skip("built without CUDA")
-    rows = cuobjdump_resources()
-    if rows is None:
-        pytest.skip("no cuobjdump on this machine")
-    found = [r for r in rows if "quant_sum_cuda" in r["function"]]
-    assert len(found) == 3, found
+@pytest.mark.parametrize("name,count,max_registers", [
+    # The verdict's scan and init kernels (csrc/cuda/verdict_cuda.cu): kernel
+    # parameters indexed by flat, read in place (no local copy of the span table).
+    ("verdict_cuda", 3, MAX_REGISTERS),
+    # The 8-bit reduction's kernels (csrc/cuda/quant_sum_cuda.cu): the shard sum for
+    # int8 and float8_e4m3fn codes (kBlock threads, one element each) and the extra
+    # sum; 512 threads a block: 65536 / 512 registers.
+    ("quant_sum_cuda", 3, 128),
+    # round_step on an 8-bit wire (csrc/cuda/quantized_step_cuda.cu): one kernel per
+    # round_step variant (6), param/anchor dtype pair (5) and code dtype (2); 128
+    # threads a block.
+    ("quantized_step_kernel", 60, 255),
+])
+def test_other_kernels_built_without_spills(rows, name, count, max_registers):
+    found = [r for r in rows if name in r["function"]]
+    assert len(found) == count, [r["function"] for r in found]
     for r in found:
         assert r["local"] == 0 and r["stack"] == 0, r
-        assert r["registers"] <= 128, r  # 512 threads a block: 65536 / 512
-
-
-def test_quantized_step_kernels_built_without_spills():
-    """round_step on an 8-bit wire (csrc/cuda/quantized_step_cuda.cu): one kernel per
-    round_step variant (6), param/anchor dtype pair (5) and code dtype (2), none spilling."""
-    if not hpsgd_ext.built_with_cuda():
-        pytest.skip("built without CUDA")
-    rows = cuobjdump_resources()
-    if rows is None:
-        pytest.skip("no cuobjdump on this machine")
-    found = [r for r in rows if "quantized_step_kernel" in r["function"]]
-    assert len(found) == 60, [r["function"] for r in found]
-    for r in found:
-        assert r["local"] == 0 and r["stack"] == 0, r
-        assert r["registers"] <= 255, r
+        assert r["registers"] <= max_registers, r
