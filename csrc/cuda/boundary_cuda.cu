@@ -5,14 +5,17 @@
 // does not touch.
 //
 // Inside a tensor, elements go two ways:
-// - vector path (every stream 16-byte aligned at the same element): each
-//   thread loads a group of 8 elements of every stream (16-byte loads, two per
-//   float32 group) before the first use, applies the rule, and stores
-//   16 bytes at a time (16-bit outputs packed two per convert);
+// - aligned path (every stream aligned to a whole unit at one common element):
+//   whole units of kUnit elements, lanes on consecutive units (one warp access
+//   is 512 contiguous bytes of a float32 stream), one unit of every stream
+//   loaded before the first use; the fewer than kUnit elements on either side
+//   go one per thread in a single pass (see [piece split] in csrc/chunking.h);
 // - misaligned path (a stream shifted against the others, e.g. every segment
 //   after a 10-class head in the flat buffer): one element per access, lanes
-//   on consecutive elements (coalesced), 4 elements per thread loaded
+//   on consecutive elements (coalesced), kScalar elements per thread loaded
 //   before the first use. The flat layout keeps no padding (DESIGN.md 4).
+// Both stay within 64 registers, so 4 blocks of 256 threads are resident per
+// SM (kMinBlocks; docs/kernel-notes.md, version 3).
 // Loads and stores carry the streaming hint: every byte is touched once.
 #include <set>
 #include <string>
@@ -20,7 +23,7 @@
 
 #include "../boundary_ops.h"
 #include "io.cuh"
-#include "kernels.h"
+#include "kernel_info.cuh"
 #include "multi_tensor_apply.cuh"
 #include "quantized_step.h"
 
@@ -52,14 +55,10 @@ struct BoundaryOp {
   bool nesterov;
   bool discard = false;  // set per thread by begin()
 
-  // Groups per thread per tile: one keeps 4 (all 16-bit) to 10 16-byte loads in
-  // flight per thread, enough with 3+ resident blocks; two cost registers (and
-  // occupancy) for no more bandwidth.
-  static constexpr int kUnroll = 1;
-  // Elements per thread per tile on the misaligned path. Eight for the
-  // 16-bit-only variants took them to 128 registers and spilled under the cap
-  // of 2 blocks per SM (nvcc 13.0), so four for all.
-  static constexpr int kScalar = 4;
+  // Elements per thread per tile on the misaligned path: two keep it under
+  // the 64-register cap with the aligned path beside it (four took the kernel
+  // to 72-84 registers, nvcc 13.0).
+  static constexpr int kScalar = 2;
 
   // Once per thread, before any element: the device reads its own verdict on
   // the reduced round (the host never does). A discarded round reads neither
@@ -87,14 +86,9 @@ struct BoundaryOp {
     C cfg;
     cfg.nesterov = nesterov;
     if (t.vec_ok) {
-      // Groups start where every stream is aligned: at head (mod kVec).
-      const int64_t skip = ((t.head - lo) % kVec + kVec) % kVec;
-      const int64_t vs = min(hi, lo + skip);
-      const int64_t groups = (hi - vs) / kVec;
-      const int64_t ve = vs + groups * kVec;
-      misaligned(cfg, q, lo, vs);
-      vectors(cfg, q, vs, groups);
-      misaligned(cfg, q, ve, hi);
+      const PieceSplit sp = split_piece(t.head, lo, hi, kUnit);
+      edges(cfg, q, sp, lo, hi);
+      units(cfg, q, sp);
     } else {
       misaligned(cfg, q, lo, hi);
     }
@@ -127,77 +121,74 @@ struct BoundaryOp {
             C::has_out() ? q.o + e : nullptr};
   }
 
-  // Groups [0, groups) of kVec elements from element vs, kUnroll per thread:
-  // every load of the tile is issued before the first use.
-  template <class C>
-  __device__ __forceinline__ void vectors(const C& cfg, const Ptrs<P, A, F>& q, int64_t vs,
-                                          int64_t groups) const {
-    constexpr int U = kUnroll;
-    constexpr int kStride = kThreads * kVec;  // elements between a thread's groups
-    // Not unrolled further: the compiler's own unrolling of this loop only
-    // costs registers (the loads of a tile are already independent).
-#pragma unroll 1
-    for (int64_t g0 = threadIdx.x; g0 < groups; g0 += int64_t{kThreads} * U) {
-      const Ptrs<P, A, F> t = at<C>(q, vs + g0 * kVec);
-      const int64_t left = groups - g0;  // >= 1: groups u with u * kThreads < left exist
-      float vp[U][kVec], va[U][kVec], vm[U][kVec], vr[U][kVec], vsn[U][kVec], vo[U][kVec];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u * kThreads < left) {
-          Io<P>::load8(t.p + u * kStride, vp[u]);
-          if constexpr (C::has_anchor()) Io<A>::load8(t.a + u * kStride, va[u]);
-          if constexpr (C::has_momentum()) Io<A>::load8(t.m + u * kStride, vm[u]);
-          if constexpr (C::has_reduced() && !C::discard()) Io<F>::load8(t.r + u * kStride, vr[u]);
-          if constexpr (C::has_sent()) Io<F>::load8(t.s + u * kStride, vsn[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u * kThreads >= left) continue;
-        apply(cfg, vp[u], va[u], vm[u], vr[u], vsn[u], vo[u]);
-        if constexpr (C::has_out()) Io<F>::store8(t.o + u * kStride, vo[u]);
-        if constexpr (C::has_sent()) Io<F>::store8(t.s + u * kStride, vsn[u]);
-        if constexpr (C::write_anchors()) Io<A>::store8(t.a + u * kStride, va[u]);
-        if constexpr (C::write_anchors() && C::has_momentum()) Io<A>::store8(t.m + u * kStride, vm[u]);
-        if constexpr (C::write_params()) Io<P>::store8(t.p + u * kStride, vp[u]);
-      }
-    }
+  // One tile of N elements per stream: every present stream loaded (`ld`)
+  // before the first use, the rule, every written stream stored (`st`).
+  template <class C, int N, class Ld, class St>
+  __device__ __forceinline__ void tile(const C& cfg, const Ptrs<P, A, F>& t, Ld&& ld,
+                                       St&& st) const {
+    float vp[N], va[N], vm[N], vr[N], vsn[N], vo[N];
+    ld(t.p, vp);
+    if constexpr (C::has_anchor()) ld(t.a, va);
+    if constexpr (C::has_momentum()) ld(t.m, vm);
+    if constexpr (C::has_reduced() && !C::discard()) ld(t.r, vr);
+    if constexpr (C::has_sent()) ld(t.s, vsn);
+    apply(cfg, vp, va, vm, vr, vsn, vo);
+    if constexpr (C::has_out()) st(t.o, vo);
+    if constexpr (C::has_sent()) st(t.s, vsn);
+    if constexpr (C::write_anchors()) st(t.a, va);
+    if constexpr (C::write_anchors() && C::has_momentum()) st(t.m, vm);
+    if constexpr (C::write_params()) st(t.p, vp);
   }
 
-  // Elements [x0, x1), lanes on consecutive elements, kScalar per thread, every
-  // load of the tile issued before the first use.
+  template <class Ptr>
+  using Elem = std::remove_const_t<std::remove_pointer_t<Ptr>>;
+
+  // One element per thread at most: the edges of [piece split].
+  template <class C>
+  __device__ __forceinline__ void edges(const C& cfg, const Ptrs<P, A, F>& q, const PieceSplit& sp,
+                                        int64_t lo, int64_t hi) const {
+    const int64_t e = edge_element(sp, lo, hi, static_cast<int>(threadIdx.x), kThreads);
+    if (e < 0) return;
+    tile<C, 1>(
+        cfg, at<C>(q, e),
+        [](auto* p, float(&v)[1]) { v[0] = Io<Elem<decltype(p)>>::load1(p); },
+        [](auto* p, const float(&v)[1]) { Io<Elem<decltype(p)>>::store1(p, v[0]); });
+  }
+
+  // The whole units of [piece split], lanes on consecutive units.
+  template <class C>
+  __device__ __forceinline__ void units(const C& cfg, const Ptrs<P, A, F>& q,
+                                        const PieceSplit& sp) const {
+    // Not unrolled: the compiler's own unrolling of this loop only costs
+    // registers (the loads of a unit are already independent).
+#pragma unroll 1
+    for (int64_t u = threadIdx.x; u < sp.units; u += kThreads)
+      tile<C, kUnit>(
+          cfg, at<C>(q, sp.vs + u * kUnit),
+          [](auto* p, float(&v)[kUnit]) { Io<Elem<decltype(p)>>::load4(p, v); },
+          [](auto* p, const float(&v)[kUnit]) { Io<Elem<decltype(p)>>::store4(p, v); });
+  }
+
+  // Elements [x0, x1), lanes on consecutive elements, kScalar per thread.
   template <class C>
   __device__ __forceinline__ void misaligned(const C& cfg, const Ptrs<P, A, F>& q, int64_t x0,
                                              int64_t x1) const {
     constexpr int S = kScalar;
 #pragma unroll 1
     for (int64_t b = x0 + threadIdx.x; b < x1; b += int64_t{kThreads} * S) {
-      const Ptrs<P, A, F> t = at<C>(q, b);
       const int64_t left = x1 - b;  // >= 1
-      float vp[S], va[S], vm[S], vr[S], vsn[S], vo[S];
+      tile<C, S>(
+          cfg, at<C>(q, b),
+          [left](auto* p, float(&v)[S]) {
 #pragma unroll
-      for (int j = 0; j < S; ++j) {
-        if (j * kThreads < left) {
-          const int k = j * kThreads;
-          vp[j] = Io<P>::load1(t.p + k);
-          if constexpr (C::has_anchor()) va[j] = Io<A>::load1(t.a + k);
-          if constexpr (C::has_momentum()) vm[j] = Io<A>::load1(t.m + k);
-          if constexpr (C::has_reduced() && !C::discard()) vr[j] = Io<F>::load1(t.r + k);
-          if constexpr (C::has_sent()) vsn[j] = Io<F>::load1(t.s + k);
-        }
-      }
-      apply(cfg, vp, va, vm, vr, vsn, vo);
+            for (int j = 0; j < S; ++j)
+              if (j * kThreads < left) v[j] = Io<Elem<decltype(p)>>::load1(p + j * kThreads);
+          },
+          [left](auto* p, const float(&v)[S]) {
 #pragma unroll
-      for (int j = 0; j < S; ++j) {
-        if (j * kThreads < left) {
-          const int k = j * kThreads;
-          if constexpr (C::has_out()) Io<F>::store1(t.o + k, vo[j]);
-          if constexpr (C::has_sent()) Io<F>::store1(t.s + k, vsn[j]);
-          if constexpr (C::write_anchors()) Io<A>::store1(t.a + k, va[j]);
-          if constexpr (C::write_anchors() && C::has_momentum()) Io<A>::store1(t.m + k, vm[j]);
-          if constexpr (C::write_params()) Io<P>::store1(t.p + k, vp[j]);
-        }
-      }
+            for (int j = 0; j < S; ++j)
+              if (j * kThreads < left) Io<Elem<decltype(p)>>::store1(p + j * kThreads, v[j]);
+          });
     }
   }
 };
@@ -348,9 +339,7 @@ std::vector<KernelInfo> preload_kernels() {
             using Op = std::decay_t<decltype(op)>;
             std::string name = kernel_name(op);
             if (!seen.insert(name).second) return;
-            const cudaFuncAttributes attr = kernel_attributes<Op>();
-            out.push_back({std::move(name), attr.numRegs, static_cast<int64_t>(attr.localSizeBytes),
-                           attr.maxThreadsPerBlock, blocks_per_sm<Op>()});
+            out.push_back(kernel_info(std::move(name), multi_tensor_kernel<Op>, kThreads));
           });
         }
   for (KernelInfo& k : verdict_kernels()) out.push_back(std::move(k));

@@ -1,5 +1,5 @@
-// Loads and stores of the float streams on the device, one element or a
-// 16-byte group of kVec at a time, converting to and from float32, with the
+// Loads and stores of the float streams on the device, one element or a unit
+// of kUnit at a time (16 bytes of float32, 8 of a 16-bit type), converting to and from float32, with the
 // streaming hint (every byte is touched once). Shared by the multi-tensor
 // kernels (boundary_cuda.cu) and the 8-bit step (quantized_step_cuda.cu).
 #pragma once
@@ -17,28 +17,27 @@
 namespace hpsgd {
 namespace cuda {
 
+static_assert(kUnit == 4, "a unit is one float4, or two 32-bit words of 16-bit pairs");
+
 // Loads and stores of one element type, converting to and from float32.
 template <typename T>
 struct Io;
 
 template <>
 struct Io<float> {
-  static __device__ __forceinline__ void load8(const float* p, float (&v)[kVec]) {
+  static __device__ __forceinline__ void load4(const float* p, float (&v)[kUnit]) {
     const float4 x = __ldcs(reinterpret_cast<const float4*>(p));
-    const float4 y = __ldcs(reinterpret_cast<const float4*>(p) + 1);
     v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
-    v[4] = y.x; v[5] = y.y; v[6] = y.z; v[7] = y.w;
   }
-  static __device__ __forceinline__ void store8(float* p, const float (&v)[kVec]) {
+  static __device__ __forceinline__ void store4(float* p, const float (&v)[kUnit]) {
     __stcs(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
-    __stcs(reinterpret_cast<float4*>(p) + 1, make_float4(v[4], v[5], v[6], v[7]));
   }
   static __device__ __forceinline__ float load1(const float* p) { return __ldcs(p); }
   static __device__ __forceinline__ void store1(float* p, float v) { __stcs(p, v); }
 };
 
-// 16-bit types: 8 elements in one 16-byte access; a pair per 32-bit word,
-// the lower address in the low half.
+// 16-bit types: 4 elements in one 8-byte access; a pair per 32-bit word, the
+// lower address in the low half, converted two at a time.
 template <typename T>
 struct Io16 {
   static constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
@@ -62,19 +61,13 @@ struct Io16 {
     }
     return w;
   }
-  static __device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
-    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = unpack(w[k]);
-      v[2 * k] = f.x;
-      v[2 * k + 1] = f.y;
-    }
+  static __device__ __forceinline__ void load4(const T* p, float (&v)[kUnit]) {
+    const uint2 u = __ldcs(reinterpret_cast<const uint2*>(p));
+    const float2 lo = unpack(u.x), hi = unpack(u.y);
+    v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
   }
-  static __device__ __forceinline__ void store8(T* p, const float (&v)[kVec]) {
-    __stcs(reinterpret_cast<uint4*>(p),
-           make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7])));
+  static __device__ __forceinline__ void store4(T* p, const float (&v)[kUnit]) {
+    __stcs(reinterpret_cast<uint2*>(p), make_uint2(pack(v[0], v[1]), pack(v[2], v[3])));
   }
   static __device__ __forceinline__ float load1(const T* p) {
     const unsigned short u = __ldcs(reinterpret_cast<const unsigned short*>(p));

@@ -39,28 +39,34 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../chunking.h"
 #include "../plan.h"
 
 namespace hpsgd {
 namespace cuda {
 
 constexpr int kMaxLists = 3;
-constexpr int kVec = 8;  // elements per vector group: 16 bytes of a 16-bit type
+constexpr int kMaxFlats = 3;  // out, reduced, sent
+// Elements per unit of the aligned path: 16 bytes of float32, 8 of a 16-bit
+// type; lanes take consecutive units, so one warp access is 512 (256)
+// contiguous bytes of a stream (see [piece split] in csrc/chunking.h).
+constexpr int kUnit = 4;
 constexpr int kThreads = 256;
-// At least 2 resident blocks of 256 threads per SM: caps registers at 128 per
-// thread. With one group of every stream in flight per thread (4 to 10 16-byte
-// loads), 512 threads keep 32-80 KB of loads in flight per SM, above what HBM
-// needs (about 22 KB per SM at 4.8 TB/s and 600 ns); the lighter variants get
-// more blocks (the grid comes from the occupancy API). A cap of 80 (3 blocks)
-// made 48 of the 138 kernels spill (nvcc 13.0). tests/test_kernel_resources.py
-// checks that none spills under this cap.
-constexpr int kMinBlocks = 2;
+// At least 4 resident blocks of 256 threads per SM: caps registers at 64 per
+// thread. One unit of every stream in flight per thread (3 to 6 loads of 8-16
+// bytes) keeps 24-96 KB of loads in flight per SM at 1024 threads, above what
+// HBM needs (about 22 KB per SM at 4.8 TB/s and 600 ns). Groups of 8 elements
+// per thread at 2 blocks per SM (up to 122 registers) ran at 66-80% of a
+// device copy on an H200 (docs/kernel-notes.md, version 2); a standalone
+// probe with lanes on 4-element units at 37-48 registers ran at 91%.
+// tests/test_kernel_resources.py checks that no kernel spills under this cap.
+constexpr int kMinBlocks = 4;
 
 struct TensorMeta {
   void* list[kMaxLists];  // this tensor in each list stream (null when absent)
   int64_t numel;
   int64_t offset;  // index of element 0 in the flat streams
-  int32_t head;    // first element (mod kVec) at which every stream is 16-byte aligned
+  int32_t head;    // first element (mod kUnit) at which every stream is unit-aligned
   int32_t vec_ok;  // 0: the streams are misaligned relative to each other
 };
 
@@ -70,7 +76,7 @@ struct MultiTensorLayout {
   std::vector<std::array<void*, kMaxLists>> lists;
   std::array<int64_t, kMaxLists> list_elem{};
   std::vector<int64_t> numels, offsets;
-  std::vector<const void*> flats;  // flat streams present in this call
+  std::vector<const void*> flats;  // flat streams present in this call (at most kMaxFlats)
   int64_t flat_elem = 0;
 };
 
@@ -102,8 +108,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   }
 }
 
-inline bool aligned16(uintptr_t addr) { return addr % 16 == 0; }
-
 // The per-tensor metadata of a layout (host side, once per cached Plan).
 inline std::vector<TensorMeta> tensor_metas(const MultiTensorLayout& layout) {
   const int64_t n = static_cast<int64_t>(layout.numels.size());
@@ -113,20 +117,28 @@ inline std::vector<TensorMeta> tensor_metas(const MultiTensorLayout& layout) {
     std::memset(&m, 0, sizeof(m));
     m.numel = layout.numels[i];
     m.offset = layout.offsets[i];
-    // The head brings the first flat stream to a 16-byte boundary; every other
-    // stream must then be aligned too, or this tensor takes the misaligned
-    // path (coalesced and unrolled, one element per access).
-    const auto flat0 =
-        reinterpret_cast<uintptr_t>(layout.flats.at(0)) + m.offset * layout.flat_elem;
-    bool ok = flat0 % layout.flat_elem == 0;
-    const int64_t head = ok ? static_cast<int64_t>((16 - flat0 % 16) % 16) / layout.flat_elem : 0;
-    for (const void* f : layout.flats)
-      ok = ok && aligned16(reinterpret_cast<uintptr_t>(f) + (m.offset + head) * layout.flat_elem);
+    // See [piece split]: a tensor whose streams are not unit-aligned at one
+    // common element takes the misaligned path (coalesced, one element per
+    // access). The first flat stream sets the head.
+    HPSGD_CHECK(!layout.flats.empty() && layout.flats.size() <= kMaxFlats,
+                "hpsgd: a multi-tensor layout needs 1 to 3 flat streams (internal error)");
+    uintptr_t addr[kMaxFlats + kMaxLists];
+    int64_t elem[kMaxFlats + kMaxLists];
+    int streams = 0;
+    for (const void* f : layout.flats) {
+      addr[streams] = reinterpret_cast<uintptr_t>(f) + m.offset * layout.flat_elem;
+      elem[streams++] = layout.flat_elem;
+    }
     for (int k = 0; k < kMaxLists; ++k) {
       m.list[k] = layout.lists[i][k];
-      if (m.list[k])
-        ok = ok && aligned16(reinterpret_cast<uintptr_t>(m.list[k]) + head * layout.list_elem[k]);
+      if (m.list[k]) {
+        addr[streams] = reinterpret_cast<uintptr_t>(m.list[k]);
+        elem[streams++] = layout.list_elem[k];
+      }
     }
+    const UnitHead h = unit_head(addr, elem, streams, kUnit);
+    const int64_t head = h.ok ? h.head : 0;
+    const bool ok = h.ok;
     m.head = static_cast<int32_t>(head);
     m.vec_ok = ok ? 1 : 0;
   }
@@ -203,9 +215,9 @@ std::shared_ptr<const Launch> prepare_launch(const MultiTensorLayout& layout, in
   c10::cuda::CUDAGuard guard(device);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t wave = static_cast<int64_t>(sms) * blocks_per_sm<Op>();
-  const int64_t min_per_block = int64_t{kThreads} * kVec * 4;
+  const int64_t min_per_block = int64_t{kThreads} * kUnit * 8;
   const int64_t grid = std::clamp<int64_t>((total + min_per_block - 1) / min_per_block, 1, wave);
-  const int64_t span = ((total + grid - 1) / grid + kVec - 1) / kVec * kVec;
+  const int64_t span = ((total + grid - 1) / grid + kUnit - 1) / kUnit * kUnit;
   l->span = span;
   l->grid = (total + span - 1) / span;
   return l;
@@ -220,15 +232,6 @@ void multi_tensor_apply(const Launch& l, const at::Device& device, const Op& op)
                             at::cuda::getCurrentCUDAStream(device.index())>>>(
       l.dev, l.n, l.total, l.span, op);
   HPSGD_LAUNCH_CHECK();
-}
-
-// Forces the kernel's module to load now (CUDA lazy loading would otherwise
-// load it at its first launch, which can wait behind a running collective).
-template <class Op>
-cudaFuncAttributes kernel_attributes() {
-  cudaFuncAttributes attr{};
-  HPSGD_CUDA_CHECK(cudaFuncGetAttributes(&attr, multi_tensor_kernel<Op>));
-  return attr;
 }
 
 }  // namespace cuda

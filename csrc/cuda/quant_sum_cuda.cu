@@ -10,7 +10,7 @@
 
 #include "../checks.h"
 #include "../quant_sum_ops.h"
-#include "kernels.h"
+#include "kernel_info.cuh"
 
 namespace hpsgd {
 namespace cuda {
@@ -68,22 +68,12 @@ void quantized_shard_sum_cuda(const ShardSumCall& c) {
   quantized_shard_sum_on(c, at::cuda::getCurrentCUDAStream(c.device.index()).stream());
 }
 
-template <class K>
-KernelInfo info_of(std::string name, K* kernel, int threads) {
-  cudaFuncAttributes attr{};
-  HPSGD_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  int blocks = 0;
-  HPSGD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0));
-  return {std::move(name), attr.numRegs, static_cast<int64_t>(attr.localSizeBytes),
-          attr.maxThreadsPerBlock, blocks};
-}
-
 }  // namespace
 
 std::vector<KernelInfo> quant_sum_kernels() {
-  return {info_of("quant_sum.shard_sum[int8]", shard_sum_kernel<int8_t>, kThreads),
-          info_of("quant_sum.shard_sum[e4m3]", shard_sum_kernel<c10::Float8_e4m3fn>, kThreads),
-          info_of("quant_sum.extra_sum", extra_sum_kernel, kExtraThreads)};
+  return {kernel_info("quant_sum.shard_sum[int8]", shard_sum_kernel<int8_t>, kThreads),
+          kernel_info("quant_sum.shard_sum[e4m3]", shard_sum_kernel<c10::Float8_e4m3fn>, kThreads),
+          kernel_info("quant_sum.extra_sum", extra_sum_kernel, kExtraThreads)};
 }
 
 void quantized_shard_sum_on(const ShardSumCall& c, cudaStream_t stream) {

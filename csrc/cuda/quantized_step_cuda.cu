@@ -18,7 +18,7 @@
 #include "../boundary_ops.h"
 #include "../quant.h"
 #include "io.cuh"
-#include "kernels.h"
+#include "kernel_info.cuh"
 #include "quantized_step.h"
 
 namespace hpsgd {
@@ -210,16 +210,10 @@ std::vector<KernelInfo> quantized_kernels() {
           dispatch_quantized(pl, [&](auto op) {
             const void* k = reinterpret_cast<const void*>(KernelOf<decltype(op)>::value);
             if (!seen.insert(k).second) return;
-            cudaFuncAttributes attr{};
-            HPSGD_CUDA_CHECK(cudaFuncGetAttributes(&attr, KernelOf<decltype(op)>::value));
-            int blocks = 0;
-            HPSGD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                &blocks, KernelOf<decltype(op)>::value, kQThreads, 0));
-            out.push_back({"quantized_step[" + std::to_string(shape) + "] p=" +
-                               std::string(c10::toString(p)) + " a=" + c10::toString(a) +
-                               " c=" + c10::toString(c),
-                           attr.numRegs, static_cast<int64_t>(attr.localSizeBytes),
-                           attr.maxThreadsPerBlock, blocks});
+            out.push_back(kernel_info("quantized_step[" + std::to_string(shape) + "] p=" +
+                                          std::string(c10::toString(p)) + " a=" +
+                                          c10::toString(a) + " c=" + c10::toString(c),
+                                      KernelOf<decltype(op)>::value, kQThreads));
           });
         }
   return out;

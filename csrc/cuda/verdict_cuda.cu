@@ -15,7 +15,7 @@
 
 #include "../checks.h"
 #include "../verdict_ops.h"
-#include "kernels.h"
+#include "kernel_info.cuh"
 
 namespace hpsgd {
 namespace cuda {
@@ -169,22 +169,12 @@ void reduced_verdict_cuda(const VerdictCall& c) {
   }
 }
 
-template <class K>
-KernelInfo info_of(std::string name, K* kernel) {
-  cudaFuncAttributes attr{};
-  HPSGD_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  int blocks = 0;
-  HPSGD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kScanThreads, 0));
-  return {std::move(name), attr.numRegs, static_cast<int64_t>(attr.localSizeBytes),
-          attr.maxThreadsPerBlock, blocks};
-}
-
 }  // namespace
 
 std::vector<KernelInfo> verdict_kernels() {
-  return {info_of("verdict.scan[own_flag]", scan_kernel<OwnFlagSink>),
-          info_of("verdict.scan[reduced]", scan_kernel<VerdictSink>),
-          info_of("verdict.init[reduced]", verdict_init_kernel)};
+  return {kernel_info("verdict.scan[own_flag]", scan_kernel<OwnFlagSink>, kScanThreads),
+          kernel_info("verdict.scan[reduced]", scan_kernel<VerdictSink>, kScanThreads),
+          kernel_info("verdict.init[reduced]", verdict_init_kernel, kScanThreads)};
 }
 
 }  // namespace cuda
