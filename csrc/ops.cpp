@@ -24,3 +24,17 @@ TORCH_LIBRARY(hpsgd, m) {
       "quantized_shard_sum(Tensor codes, Tensor scales, int sources, Tensor(a!) out_codes, "
       "Tensor(b!) out_scales) -> ()");
 }
+
+// No op here has a derivative, and none is ever differentiated through: the
+// hook calls them under no_grad, and outputs are only written arguments.
+// Without a kernel of its own at the Autograd key an op would go through
+// torch's boxed autograd fallback on every call, which, under no_grad, only
+// boxes the arguments (for round_step, every tensor of every list) and
+// redispatches; a fallthrough goes straight to the device's kernel, unboxed.
+// What a caller observes is the same: no grad_fn, no version bump (as with
+// the fallback), no error.
+TORCH_LIBRARY_IMPL(hpsgd, Autograd, m) {
+  for (const char* op : {"flatten", "unflatten", "delta_flatten", "merge", "round_step", "own_flag",
+                         "reduced_verdict", "quantized_shard_sum"})
+    m.impl(op, torch::CppFunction::makeFallthrough());
+}

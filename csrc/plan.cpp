@@ -228,14 +228,21 @@ bool push_tensor(std::vector<int64_t>& s, const at::Tensor& t) {
   const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
   if (!impl->has_storage() || impl->has_symbolic_sizes_strides()) return false;
   const at::Device d = impl->device();
-  s.push_back(reinterpret_cast<intptr_t>(impl->data()));
-  s.push_back((static_cast<int64_t>(impl->dtype().toScalarType()) << 32) |
-              (static_cast<int64_t>(d.type()) << 16) | static_cast<uint16_t>(d.index()));
   const auto sizes = impl->sizes();
   const auto strides = impl->strides();
-  s.push_back(static_cast<int64_t>(sizes.size()));
-  s.insert(s.end(), sizes.begin(), sizes.end());
-  s.insert(s.end(), strides.begin(), strides.end());
+  const size_t dim = sizes.size();
+  // One resize, then plain stores: this runs for every tensor of every call.
+  const size_t at = s.size();
+  s.resize(at + 3 + 2 * dim);
+  int64_t* w = s.data() + at;
+  w[0] = reinterpret_cast<intptr_t>(impl->data());
+  w[1] = (static_cast<int64_t>(impl->dtype().toScalarType()) << 32) |
+         (static_cast<int64_t>(d.type()) << 16) | static_cast<uint16_t>(d.index());
+  w[2] = static_cast<int64_t>(dim);
+  for (size_t k = 0; k < dim; ++k) {
+    w[3 + k] = sizes[k];
+    w[3 + dim + k] = strides[k];
+  }
   return true;
 }
 
