@@ -7,6 +7,9 @@
 #ifdef HPSGD_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
+#include <ATen/core/CachingHostAllocator.h>
+
+#include "../checks.h"
 #endif
 
 namespace hpsgd::engine {
@@ -43,33 +46,64 @@ VerdictPolicy::VerdictPolicy(int rank, int world, int64_t max_bad_rounds, std::s
 void VerdictPolicy::push(int64_t round, const at::Tensor& info) {
 #ifdef HPSGD_WITH_CUDA
   if (info.is_cuda()) {
-    // The host reads the copy only once the event has passed: never a sync.
-    at::Tensor host = at::empty(info.sizes(), info.options().device(at::kCPU).pinned_memory(true));
-    host.copy_(info, /*non_blocking=*/true);
-    auto event = std::make_shared<at::cuda::CUDAEvent>();
-    event->record(at::cuda::getCurrentCUDAStream(info.device().index()));
-    queue_.push_back({round, host, [event](bool block) {
-                        if (event->query()) return true;
-                        if (block) event->synchronize();
-                        return block;
-                      }});
+    // A free slot, or a new one: the ring grows only while more verdicts are
+    // in flight than it holds (the host never waits for one to free up).
+    int k = 0;
+    while (k < static_cast<int>(slots_.size()) && slots_[k].busy) ++k;
+    if (k == static_cast<int>(slots_.size())) {
+      Slot fresh;
+      fresh.host = at::empty(info.sizes(), info.options().device(at::kCPU).pinned_memory(true));
+      fresh.event = std::make_shared<at::cuda::CUDAEvent>();
+      slots_.push_back(std::move(fresh));
+    }
+    Slot& slot = slots_[k];
+    TORCH_INTERNAL_ASSERT(info.is_contiguous() && info.numel() == slot.host.numel() &&
+                          info.scalar_type() == at::kFloat);
+    const auto stream = at::cuda::getCurrentCUDAStream(info.device().index());
+    HPSGD_CUDA_CHECK(cudaMemcpyAsync(slot.host.data_ptr(), info.data_ptr(), info.nbytes(),
+                                     cudaMemcpyDeviceToHost, stream.stream()));
+    // The host allocator must not hand this block out again (the slot dropped
+    // by load() or the destructor) before the copy has landed.
+    const at::DataPtr& block = slot.host.storage().data_ptr();
+    at::getHostAllocator(at::kCUDA)->record_event(block.get(), block.get_context(),
+                                                  stream.unwrap());
+    static_cast<at::cuda::CUDAEvent*>(slot.event.get())->record(stream);
+    slot.busy = true;
+    queue_.push_back({round, slot.host, k});
     return;
   }
 #endif
-  queue_.push_back({round, info, [](bool) { return true; }});
+  queue_.push_back({round, info, -1});
+}
+
+bool VerdictPolicy::ready(const Pending& p, bool block) const {
+  if (p.slot < 0) return true;
+#ifdef HPSGD_WITH_CUDA
+  auto* event = static_cast<at::cuda::CUDAEvent*>(slots_[p.slot].event.get());
+  if (event->query()) return true;
+  if (block) event->synchronize();
+  return block;
+#else
+  return true;
+#endif
 }
 
 void VerdictPolicy::drain(bool block) {
   while (!queue_.empty()) {
-    if (!queue_.front().ready(block)) return;
+    if (!ready(queue_.front(), block)) return;
     Pending p = std::move(queue_.front());
     queue_.pop_front();
+    // Free before apply (which may throw): nothing pushes while it reads.
+    if (p.slot >= 0) slots_[p.slot].busy = false;
     apply(p.round, p.host);
   }
 }
 
 void VerdictPolicy::load(const VerdictCounts& c) {
   queue_.clear();
+  // Copies still in flight keep their blocks (record_event in push); new ones
+  // get new slots.
+  slots_.clear();
   counts_ = c;
 }
 

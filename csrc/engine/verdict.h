@@ -7,7 +7,7 @@
 
 #include <cstdint>
 #include <deque>
-#include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -49,8 +49,9 @@ class VerdictPolicy {
 
   // Queues `info` (reduced_verdict's) of round `round`. CUDA: a copy into
   // pinned memory ordered by an event, so the caller may overwrite `info` later
-  // in stream order; CPU: the tensor itself, so the caller drains before it
-  // writes `info` again.
+  // in stream order (the copies and events are a ring, reused round after
+  // round: a boundary allocates nothing and runs no ATen op for it); CPU: the
+  // tensor itself, so the caller drains before it writes `info` again.
   void push(int64_t round, const at::Tensor& info);
   // Applies every verdict whose value reached the host; with `block`, all of
   // them (waiting for the device). Throws NonFiniteRounds.
@@ -65,17 +66,26 @@ class VerdictPolicy {
   std::vector<std::string> take_warnings();
 
  private:
+  // CUDA: one pinned host copy of a verdict and the event after which it is
+  // readable; busy from push until drained.
+  struct Slot {
+    at::Tensor host;
+    std::shared_ptr<void> event;  // an at::cuda::CUDAEvent (verdict.cpp; no CUDA header here)
+    bool busy = false;
+  };
   struct Pending {
     int64_t round;
-    at::Tensor host;                  // readable once ready(false) is true
-    std::function<bool(bool)> ready;  // ready(block): may wait when block
+    at::Tensor host;  // readable once ready(false) is true
+    int slot;         // in slots_, or -1 (CPU: readable at once)
   };
+  bool ready(const Pending& p, bool block) const;  // may wait when block
   void apply(int64_t round, const at::Tensor& info);
 
   int rank_, world_;
   int64_t max_bad_rounds_;
   std::string comm_dtype_name_;
   std::deque<Pending> queue_;
+  std::vector<Slot> slots_;
   VerdictCounts counts_;
   std::vector<std::string> warnings_;
 };
