@@ -208,6 +208,7 @@ MultiTensorLayout layout_of(const Plan& pl) {
   for (const void* f : {pl.out, pl.reduced, pl.sent})
     if (f) layout.flats.push_back(f);
   layout.flat_elem = static_cast<int64_t>(c10::elementSize(pl.flat_dtype));
+  layout.units = !pl.quantized;  // the 8-bit step walks elements (quantized_step_cuda.cu)
   return layout;
 }
 
@@ -340,6 +341,7 @@ std::vector<KernelInfo> preload_kernels() {
             std::string name = kernel_name(op);
             if (!seen.insert(name).second) return;
             out.push_back(kernel_info(std::move(name), multi_tensor_kernel<Op>, kThreads));
+            blocks_per_sm<Op>();  // cached now: a first prepare_launch asks nothing
           });
         }
   for (KernelInfo& k : verdict_kernels()) out.push_back(std::move(k));

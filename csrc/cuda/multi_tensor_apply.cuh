@@ -66,6 +66,7 @@ struct TensorMeta {
   void* list[kMaxLists];  // this tensor in each list stream (null when absent)
   int64_t numel;
   int64_t offset;  // index of element 0 in the flat streams
+  // Both 0 for a layout without units (MultiTensorLayout::units).
   int32_t head;    // first element (mod kUnit) at which every stream is unit-aligned
   int32_t vec_ok;  // 0: the streams are misaligned relative to each other
 };
@@ -78,6 +79,9 @@ struct MultiTensorLayout {
   std::vector<int64_t> numels, offsets;
   std::vector<const void*> flats;  // flat streams present in this call (at most kMaxFlats)
   int64_t flat_elem = 0;
+  // False for a kernel that walks single elements (the 8-bit step): head and
+  // vec_ok are then not computed (0), and the flats may differ in element size.
+  bool units = true;
 };
 
 // See [block ranges]. Op::begin() runs once per thread (device-side state such
@@ -117,6 +121,8 @@ inline std::vector<TensorMeta> tensor_metas(const MultiTensorLayout& layout) {
     std::memset(&m, 0, sizeof(m));
     m.numel = layout.numels[i];
     m.offset = layout.offsets[i];
+    for (int k = 0; k < kMaxLists; ++k) m.list[k] = layout.lists[i][k];
+    if (!layout.units) continue;
     // See [piece split]: a tensor whose streams are not unit-aligned at one
     // common element takes the misaligned path (coalesced, one element per
     // access). The first flat stream sets the head.
@@ -130,17 +136,14 @@ inline std::vector<TensorMeta> tensor_metas(const MultiTensorLayout& layout) {
       elem[streams++] = layout.flat_elem;
     }
     for (int k = 0; k < kMaxLists; ++k) {
-      m.list[k] = layout.lists[i][k];
       if (m.list[k]) {
         addr[streams] = reinterpret_cast<uintptr_t>(m.list[k]);
         elem[streams++] = layout.list_elem[k];
       }
     }
     const UnitHead h = unit_head(addr, elem, streams, kUnit);
-    const int64_t head = h.ok ? h.head : 0;
-    const bool ok = h.ok;
-    m.head = static_cast<int32_t>(head);
-    m.vec_ok = ok ? 1 : 0;
+    m.head = h.ok ? static_cast<int32_t>(h.head) : 0;
+    m.vec_ok = h.ok ? 1 : 0;
   }
   return metas;
 }

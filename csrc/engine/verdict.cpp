@@ -63,10 +63,16 @@ void VerdictPolicy::push(int64_t round, const at::Tensor& info) {
     HPSGD_CUDA_CHECK(cudaMemcpyAsync(slot.host.data_ptr(), info.data_ptr(), info.nbytes(),
                                      cudaMemcpyDeviceToHost, stream.stream()));
     // The host allocator must not hand this block out again (the slot dropped
-    // by load() or the destructor) before the copy has landed.
-    const at::DataPtr& block = slot.host.storage().data_ptr();
-    at::getHostAllocator(at::kCUDA)->record_event(block.get(), block.get_context(),
-                                                  stream.unwrap());
+    // by load() or the destructor) before the copy has landed. It keeps the
+    // streams it is told of until the block is freed and then waits for each
+    // (with events, not the host): once per slot and stream is enough.
+    if (slot.stream != stream.unwrap()) {
+      const at::DataPtr& block = slot.host.storage().data_ptr();
+      TORCH_CHECK(at::getHostAllocator(at::kCUDA)->record_event(block.get(), block.get_context(),
+                                                                stream.unwrap()),
+                  "HPSGD: the verdict's pinned buffer is not from the CUDA host allocator");
+      slot.stream = stream.unwrap();
+    }
     static_cast<at::cuda::CUDAEvent*>(slot.event.get())->record(stream);
     slot.busy = true;
     queue_.push_back({round, slot.host, k});

@@ -46,6 +46,11 @@ struct VerdictCounts {
 class VerdictPolicy {
  public:
   VerdictPolicy(int rank, int world, int64_t max_bad_rounds, std::string comm_dtype_name);
+  // Movable, not copyable: a copy would share the ring's pinned slots and events.
+  VerdictPolicy(VerdictPolicy&&) = default;
+  VerdictPolicy& operator=(VerdictPolicy&&) = default;
+  VerdictPolicy(const VerdictPolicy&) = delete;
+  VerdictPolicy& operator=(const VerdictPolicy&) = delete;
 
   // Queues `info` (reduced_verdict's) of round `round`. CUDA: a copy into
   // pinned memory ordered by an event, so the caller may overwrite `info` later
@@ -71,6 +76,7 @@ class VerdictPolicy {
   struct Slot {
     at::Tensor host;
     std::shared_ptr<void> event;  // an at::cuda::CUDAEvent (verdict.cpp; no CUDA header here)
+    std::optional<c10::Stream> stream;  // the one the host allocator was told of
     bool busy = false;
   };
   struct Pending {
