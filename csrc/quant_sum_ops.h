@@ -42,16 +42,16 @@ inline void shard_sum_block(const C* codes, const float* scales, int64_t sources
                             float* sum) {
   const int64_t lo = b * kBlock, len = std::min(kBlock, numel - lo);
   for (int64_t i = 0; i < len; ++i) sum[i] = 0.f;
+  float value[kBlock];
   for (int64_t s = 0; s < sources; ++s) {
-    const C* c = codes + s * numel + lo;
-    const float scale = scales[s * blocks + b];
-    for (int64_t i = 0; i < len; ++i) sum[i] = add_rn(sum[i], decode(c[i], scale));
+    decode_block(codes + s * numel + lo, scales[s * blocks + b], value, len);
+    for (int64_t i = 0; i < len; ++i) sum[i] = add_rn(sum[i], value[i]);
   }
   float m = 0.f;
   for (int64_t i = 0; i < len; ++i) m = absmax_join(m, sum[i]);
   const float scale = scale_of<C>(m);
   out_scales[b] = scale;
-  for (int64_t i = 0; i < len; ++i) out_codes[lo + i] = encode<C>(sum[i], scale);
+  encode_block(sum, scale, out_codes + lo, len);
 }
 
 }  // namespace quant

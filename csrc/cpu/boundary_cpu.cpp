@@ -235,7 +235,7 @@ void run_quantized_typed(const Plan& pl, const CallScalars& sc) {
       if constexpr (reads_reduced) {
         const C* rc = static_cast<const C*>(pl.reduced) + f0;
         const float rs = pl.reduced_scales[b];
-        for (int64_t k = 0; k < len; ++k) red[k] = quant::decode(rc[k], rs);
+        quant::decode_block(rc, rs, red, len);
       }
       float* sent = Cfg::has_sent() ? static_cast<float*>(pl.sent) : nullptr;
       for (int64_t f = f0; f < f0 + len;) {
@@ -254,9 +254,8 @@ void run_quantized_typed(const Plan& pl, const CallScalars& sc) {
       const float scale = quant::scale_of<C>(m);
       pl.out_scales[b] = scale;
       C* codes = static_cast<C*>(pl.out) + f0;
-      for (int64_t k = 0; k < len; ++k) codes[k] = quant::encode<C>(out[k], scale);
-      if (sent)
-        for (int64_t k = 0; k < len; ++k) sent[f0 + k] = quant::decode(codes[k], scale);
+      quant::encode_block(out, scale, codes, len);
+      if (sent) quant::decode_block(codes, scale, sent + f0, len);
     }
   };
   constexpr int64_t kBlocksPerItem = kChunk / kB;
