@@ -32,10 +32,6 @@ C10_HOST_DEVICE inline int64_t owner_of_chunk(int64_t c, int64_t n, Get first) {
   return lo;
 }
 
-}  // namespace hpsgd
-
-namespace hpsgd {
-
 // NOTE: [piece split] How the CUDA kernel's aligned path (csrc/cuda/
 // boundary_cuda.cu) cuts one tensor's piece [lo, hi) of a block range: whole
 // units of `unit` elements start where every stream is aligned (at `head` mod

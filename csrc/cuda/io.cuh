@@ -1,7 +1,8 @@
 // Loads and stores of the float streams on the device, one element or a unit
-// of kUnit at a time (16 bytes of float32, 8 of a 16-bit type), converting to and from float32, with the
-// streaming hint (every byte is touched once). Shared by the multi-tensor
-// kernels (boundary_cuda.cu) and the 8-bit step (quantized_step_cuda.cu).
+// of kUnit at a time (16 bytes of float32, 8 of a 16-bit type), converting to
+// and from float32, with the streaming hint (every byte is touched once).
+// Shared by the multi-tensor kernels (boundary_cuda.cu) and the 8-bit step
+// (quantized_step_cuda.cu).
 #pragma once
 
 #include <c10/util/BFloat16.h>
