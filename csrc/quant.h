@@ -21,6 +21,7 @@
 #include <c10/macros/Macros.h>
 #include <c10/util/Float8_e4m3fn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -103,15 +104,24 @@ C10_HOST_DEVICE inline float decode(C code, float scale) {
 // them. float8's conversion element by element is libm's fminf/fmaxf (calls)
 // and c10's scalar, branching rounding (7x the time of a float32 wire on the
 // fused step); here it is the same clamp and rounding in integer operations
-// (e4m3fn_bits), and the decode is a table of the 256 values.
+// (e4m3fn_bits), and the decode the same conversion as bit operations
+// (e4m3fn_value).
 // tests/cpp/test_codec.cpp checks e4m3fn_bits against the element-by-element
-// encode on every float, and the blocks against encode/decode.
+// encode on every float, e4m3fn_value against c10 on every code, and the
+// blocks against encode/decode.
+
+// c ? x : y by masks: the vectoriser takes a conditional between two
+// computed values as control flow and gives up on the loop.
+inline uint32_t select_bits(bool c, uint32_t x, uint32_t y) {
+  const uint32_t m = 0u - static_cast<uint32_t>(c);
+  return (x & m) | (y & ~m);
+}
 
 // Codec<Float8_e4m3fn>::encode(v)'s bits for every float v but a signaling
 // NaN (never an input here: it is a quotient): c10's rounding of v clamped to
-// +-448 (a quiet NaN to -448, as fmaxf gives), in integer operations only,
-// without branches, so that a loop of it vectorises.
-inline uint8_t e4m3fn_bits(float v) {
+// +-448 (a quiet NaN to -448, as fmaxf gives), without branches, so that a
+// loop of it vectorises.
+inline uint32_t e4m3fn_bits(float v) {  // the code in the low 8 bits
   uint32_t b;
   std::memcpy(&b, &v, 4);
   const uint32_t sign = b & 0x80000000u;
@@ -119,18 +129,40 @@ inline uint8_t e4m3fn_bits(float v) {
   constexpr uint32_t kInf = 0x7F800000u, kMaxBits = 0x43E00000u;  // 448.0f
   const bool nan = a > kInf;
   a = a > kMaxBits ? kMaxBits : a;
-  // Below 2^-6 (subnormal codes, steps of 2^-9): the significand shifted
-  // right, rounded to nearest even.
-  const uint32_t e = a >> 23;
-  const uint32_t m = (a & 0x7FFFFFu) | (e != 0 ? 0x800000u : 0u);
-  const uint32_t e1 = e != 0 ? e : 1u;
-  const uint32_t sh = 141u - e1 < 31u ? 141u - e1 : 31u;  // >= 21 where it is used
-  const uint32_t q = m >> sh, rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1u);
-  const uint32_t sub = q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u);
+  // Below 2^-6 (subnormal codes, steps of 2^-9): |v| + 2^14 has an ulp of
+  // 2^-9, so the float addition rounds |v| to the code, nearest even, and the
+  // sum's low bits are it (c10's own trick; a variable shift and a rounding
+  // compare in integers cost the vector loop a third more and spilled).
+  float sum;
+  std::memcpy(&sum, &a, 4);
+  sum += 16384.f;
+  uint32_t sub;
+  std::memcpy(&sub, &sum, 4);
+  sub -= 141u << 23;
   // Normal: rebias the exponent and round the mantissa to 3 bits, nearest even.
   const uint32_t normal = (a + (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu + ((a >> 20) & 1u)) >> 20;
-  const uint32_t r = (a < (121u << 23) ? sub : normal) | (sign >> 24);
-  return static_cast<uint8_t>(nan ? 0xFEu : r);  // NaN: -448
+  const uint32_t r = select_bits(a < (121u << 23), sub, normal) | (sign >> 24);
+  return select_bits(nan, 0xFEu, r);  // NaN: -448
+}
+
+// The absmax of a block as absmax_join folds it: the largest |x| (+0 for an
+// empty or all-zero block, +inf over finite values), NaN if any element is
+// NaN. On the bits: a non-negative float orders as its bits do, and every NaN's
+// bits (sign cleared) exceed +inf's, so an unsigned max of |x|'s bits is the
+// fold, and an integer max reduction vectorises (the float fold, a compare and
+// a branch per element, was most of the 8-bit step's time). Which NaN comes
+// out is not specified: only that one does (the scale then refuses the round).
+inline float absmax_block(const float* x, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    uint32_t b;
+    std::memcpy(&b, x + k, 4);
+    b &= 0x7FFFFFFFu;
+    m = b > m ? b : m;
+  }
+  float f;
+  std::memcpy(&f, &m, 4);
+  return f;
 }
 
 template <typename C>
@@ -147,7 +179,16 @@ inline void encode_block(const float* x, float scale, c10::Float8_e4m3fn* codes,
     return;
   }
   const float d = scale == 0.f ? 1.f : scale;
-  for (int64_t k = 0; k < n; ++k) out[k] = e4m3fn_bits(x[k] / d);
+  // Codes first as 32-bit lanes, then narrowed: narrowing inside the loop
+  // makes the compiler work on four vectors of floats at once for one of
+  // bytes, which spills (1.5x the time).
+  constexpr int64_t kLanes = 64;
+  alignas(32) uint32_t wide[kLanes];
+  for (int64_t b = 0; b < n; b += kLanes) {
+    const int64_t len = std::min(kLanes, n - b);
+    for (int64_t k = 0; k < len; ++k) wide[k] = e4m3fn_bits(x[b + k] / d);
+    for (int64_t k = 0; k < len; ++k) out[b + k] = static_cast<uint8_t>(wide[k]);
+  }
 }
 
 template <typename C>
@@ -155,22 +196,28 @@ inline void decode_block(const C* codes, float scale, float* out, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = decode(codes[k], scale);
 }
 
-// The 256 float8_e4m3fn values, by bits.
-inline const float* e4m3fn_values() {
-  static const auto* table = [] {
-    auto* t = new float[256];
-    for (int c = 0; c < 256; ++c)
-      t[c] = static_cast<float>(c10::Float8_e4m3fn(static_cast<uint8_t>(c), c10::Float8_e4m3fn::from_bits()));
-    return t;
-  }();
-  return table;
+// c10's float8_e4m3fn -> float32 conversion, bit for bit (NaN as c10 gives
+// it: 0x7FF00000 with the code's sign), restated so that a loop of it
+// vectorises: a normal code is its exponent rebiased (7 -> 127) and its three
+// mantissa bits moved up; a subnormal one is m * 2^-9, exact in float32. (A
+// table of the 256 values is a gather per element, which the compiler emits as
+// scalar loads: a fifth of the fp8 step.)
+inline float e4m3fn_value(uint8_t code) {
+  const uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24, a = code & 0x7Fu;
+  const float sub = static_cast<float>(static_cast<int32_t>(a & 7u)) * 0x1p-9f;
+  uint32_t sub_bits;
+  std::memcpy(&sub_bits, &sub, 4);
+  const uint32_t normal = (a << 20) + (120u << 23);
+  const uint32_t r = sign | select_bits(a < 8u, sub_bits, select_bits(a == 0x7Fu, 0x7FF00000u, normal));
+  float f;
+  std::memcpy(&f, &r, 4);
+  return f;
 }
 
 template <>
 inline void decode_block(const c10::Float8_e4m3fn* codes, float scale, float* out, int64_t n) {
-  const float* values = e4m3fn_values();
   const auto* bits = reinterpret_cast<const uint8_t*>(codes);
-  for (int64_t k = 0; k < n; ++k) out[k] = mul_rn(values[bits[k]], scale);
+  for (int64_t k = 0; k < n; ++k) out[k] = mul_rn(e4m3fn_value(bits[k]), scale);
 }
 
 }  // namespace hpsgd::quant

@@ -47,9 +47,7 @@ inline void shard_sum_block(const C* codes, const float* scales, int64_t sources
     decode_block(codes + s * numel + lo, scales[s * blocks + b], value, len);
     for (int64_t i = 0; i < len; ++i) sum[i] = add_rn(sum[i], value[i]);
   }
-  float m = 0.f;
-  for (int64_t i = 0; i < len; ++i) m = absmax_join(m, sum[i]);
-  const float scale = scale_of<C>(m);
+  const float scale = scale_of<C>(absmax_block(sum, len));
   out_scales[b] = scale;
   encode_block(sum, scale, out_codes + lo, len);
 }

@@ -249,9 +249,7 @@ void run_quantized_typed(const Plan& pl, const CallScalars& sc) {
                  out + (f - f0), n);
         f += n;
       }
-      float m = 0.f;
-      for (int64_t k = 0; k < len; ++k) m = quant::absmax_join(m, out[k]);
-      const float scale = quant::scale_of<C>(m);
+      const float scale = quant::scale_of<C>(quant::absmax_block(out, len));
       pl.out_scales[b] = scale;
       C* codes = static_cast<C*>(pl.out) + f0;
       quant::encode_block(out, scale, codes, len);

@@ -2,13 +2,15 @@
 // element codec they replace on the CPU: float8_e4m3fn's branch-free clamp and
 // rounding against Codec::encode (libm's clamp, c10's rounding) on every
 // positive float and every 61st negative one (the sign is handled apart in
-// both), the decode table on all 256 codes, and whole blocks, int8 and float8,
-// on random and special inputs (zero, NaN and infinite scales, NaN elements,
-// values past the clamp).
+// both), the decode against c10's on all 256 codes (bits, NaN's included), and
+// whole blocks, int8 and float8, on random and special inputs (zero, NaN and
+// infinite scales, NaN elements, values past the clamp), the block absmax
+// against absmax_join's fold among them.
 #include "quant.h"
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -44,7 +46,16 @@ void check_blocks(std::mt19937& rng) {
     for (auto& v : x) v = normal(rng) * spread * (std::isfinite(scale) && scale > 0 ? scale * 100 : 1);
     if (trial % 7 == 0) x[rng() % kBlock] = nan;
     if (trial % 11 == 0) x[rng() % kBlock] = -inf;
+    if (trial % 13 == 0) x[rng() % kBlock] = -0.f;
+    if (trial % 17 == 0) x[rng() % kBlock] = trial % 2 ? -inf : inf;
+    if (trial % 19 == 0) x[rng() % kBlock] = from_bits(0xFFC00001u);  // a negative NaN, payload
+    if (trial % 23 == 0) std::fill(x.begin(), x.end(), trial % 2 ? -0.f : 0.f);
     const int64_t n = trial % 5 == 0 ? static_cast<int64_t>(rng() % kBlock) : kBlock;
+    float fold = 0.f;
+    for (int64_t k = 0; k < n; ++k) fold = absmax_join(fold, x[k]);
+    const float m = absmax_block(x.data(), n);
+    expect(std::isnan(fold) ? std::isnan(m) : std::memcmp(&m, &fold, 4) == 0,
+           "absmax_block differs from the absmax_join fold", m, fold);
     encode_block(x.data(), scale, codes.data(), n);
     for (int64_t k = 0; k < n; ++k) ref[k] = encode<C>(x[k], scale);
     for (int64_t k = 0; k < n; ++k)
@@ -75,10 +86,10 @@ int main() {
     }
     if (b == 0x7FFFFFFFu) break;
   }
-  const float* values = e4m3fn_values();
   for (int c = 0; c < 256; ++c) {
+    const float got = e4m3fn_value(static_cast<uint8_t>(c));
     const float want = static_cast<float>(c10::Float8_e4m3fn(static_cast<uint8_t>(c), c10::Float8_e4m3fn::from_bits()));
-    expect(std::memcmp(&values[c], &want, 4) == 0, "float8 value table", values[c], want);
+    expect(std::memcmp(&got, &want, 4) == 0, "float8 value differs from c10's", got, want);
   }
   std::mt19937 rng(0);
   check_blocks<int8_t>(rng);
