@@ -43,3 +43,20 @@ def test_kernels_run_reports_every_column():
     assert res["host"]["cached_us"] > 0 and res["host"]["uncached_us"] > 0
     text = kernels.table(res["rows"], res["host"], res["resources"])
     assert "gpt2+odd" in text and "plan cache" in text
+
+
+def test_dtype_sweep_covers_every_combination():
+    """`hpsgd-bench kernels --dtypes`: every param/anchor pair round_step accepts times
+    every wire, once each; two of them run through the benchmark and its table."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    sweep = kernels.sweep_configs()
+    combos = {(c.param, c.anchor, c.flat) for c in sweep}
+    assert len(sweep) == len(combos) == 25
+    assert {(p, a) for p, a, _ in combos} == {(f32, f32), (bf16, f32), (bf16, bf16), (f16, f32), (f16, f16)}
+    assert {w for _, _, w in combos} == {f32, bf16, f16, torch.int8, torch.float8_e4m3fn}
+    with_momentum = kernels.sweep_configs(momentum=True)
+    assert len(with_momentum) == 50 and sum(c.momentum > 0 for c in with_momentum) == 25
+    res = kernels.run("cpu", scale=0.01, calls=1, reps=1, cases=sweep,
+                      names=["p=f16 a=f16 w=int8", "p=bf16 a=bf16 w=f16"])
+    assert [r["case"] for r in res["rows"]] == ["dtypes p=bf16 a=bf16 w=f16", "dtypes p=f16 a=f16 w=int8"]
+    assert "lowest:" in kernels.table(res["rows"])

@@ -112,6 +112,32 @@ def test_round_step_matches_reference(device, p_dt, a_dt, f_dt, reduced, mom, se
                     assert bitwise_equal(x, y)
 
 
+@pytest.mark.parametrize("f_dt", FLOATS, ids=lambda d: "flat_" + str(d).split(".")[-1])
+@pytest.mark.parametrize("divisor", [1, 2, 8, 3, 2**40])
+def test_divisor_is_an_exact_division_on_cpu(f_dt, divisor):
+    """The CPU kernel multiplies by 1/D when D is a power of two (Pow2Divisor in
+    csrc/rule.h) and divides otherwise: either way bit for bit torch's float32
+    p - a - D*s and its quotient by D, subnormal quotients included (the CPU build does
+    not contract, so each kernel operation is torch's, rounded once)."""
+    g = torch.Generator().manual_seed(5)
+    n = 4099
+    a = torch.randn(n, generator=g)
+    p = a + torch.randn(n, generator=g)
+    s = (torch.randn(n, generator=g) * 0.01).to(f_dt)
+    tiny = torch.arange(n) % 3 == 0  # d near the smallest normal: d / D is subnormal
+    a[tiny] = 0.0
+    p[tiny] = torch.randn(int(tiny.sum()), generator=g) * 1e-37
+    s[tiny] = 0.0
+    d = p - a - divisor * s.float()
+    out = torch.empty(n, dtype=f_dt)
+    pk, sk = p.clone(), s.clone()
+    ops.round_step([pk], [a.clone()], None, out, sent=sk, divisor=divisor)
+    assert (d[tiny] / divisor).abs().lt(torch.finfo(torch.float32).tiny).any() or divisor < 8
+    assert bitwise_equal(out, (d / divisor).to(f_dt))
+    assert bitwise_equal(sk, out)
+    assert bitwise_equal(pk, a + d)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sizes", [
     [], [0], [1], [0, 1, 0], [17], [1000, 1, 3],

@@ -10,6 +10,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -102,7 +103,7 @@ inline void from_f(float v, float& dst) { dst = v; }
 inline void from_f(float v, c10::BFloat16& dst) {  // as store_from_float<BFloat16>
   uint32_t u;
   std::memcpy(&u, &v, sizeof(u));
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const bool nan = v != v;  // one compare; the bit test is three in the vector loop
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   dst.x = static_cast<uint16_t>(nan ? 0x7fc0u : rounded);
 }
@@ -119,9 +120,10 @@ struct FixedMomentum : C {
 // (P params, A anchors and momenta, F flat) and present only if Cfg says so
 // (see [kernel variants] in boundary_ops.h). A discarded round reads neither
 // `reduced` nor the momenta and stores neither anchors nor momenta.
-template <class Cfg, typename P, typename A, typename F>
+template <class Cfg, typename P, typename A, typename F, class Divisor = float>
 struct TypedRule {
-  float lr, mu, D;
+  float lr, mu;
+  Divisor D;
   static constexpr int64_t kBlock = 512;  // elements per scratch block (float16 streams)
 
   template <typename LP, typename LA, typename LF>
@@ -189,10 +191,22 @@ T* at_or_null(void* base, int64_t i) {
   return base ? static_cast<T*>(base) + i : nullptr;
 }
 
-template <class Cfg, typename P, typename A, typename F>
-void run_typed(const Plan& pl, const CallScalars& sc,
-               const std::vector<int64_t>& first) {
-  const TypedRule<Cfg, P, A, F> rule{sc.lr, sc.mu, sc.divisor};
+// Calls f with the divisor as the rule should take it (rule.h): a power of two
+// with its exact reciprocal, any other as a float to divide by. Only variants
+// that divide get both loops.
+template <class Cfg, class F>
+void with_divisor(float D, F&& f) {
+  if constexpr (Cfg::has_out() && !Cfg::discard()) {
+    int e;
+    if (std::frexp(D, &e) == 0.5f) return f(Pow2Divisor{D, 1.f / D});
+  }
+  f(D);
+}
+
+template <class Cfg, typename P, typename A, typename F, class Divisor>
+void run_typed(const Plan& pl, const CallScalars& sc, const std::vector<int64_t>& first,
+               Divisor D) {
+  const TypedRule<Cfg, P, A, F, Divisor> rule{sc.lr, sc.mu, D};
   const int64_t n = pl.size();
   auto body = [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -214,15 +228,20 @@ void run_typed(const Plan& pl, const CallScalars& sc,
   else at::parallel_for(0, first.back(), 1, body);
 }
 
+template <class Cfg, typename P, typename A, typename F>
+void run_typed(const Plan& pl, const CallScalars& sc, const std::vector<int64_t>& first) {
+  with_divisor<Cfg>(sc.divisor, [&](auto D) { run_typed<Cfg, P, A, F>(pl, sc, first, D); });
+}
+
 // An 8-bit wire (NOTE: [8-bit codec] in quant.h): the same rule, one codec
 // block of the flat index space at a time, through float32 blocks in L1: the
 // reduced block dequantised in, the rule over each tensor piece the block
 // covers (a block may span several tensors), then the block's absmax, scale
 // and codes out, and `sent` = what the codes carry. One pass over memory.
-template <class Cfg, typename P, typename A, typename C>
-void run_quantized_typed(const Plan& pl, const CallScalars& sc) {
+template <class Cfg, typename P, typename A, typename C, class Divisor>
+void run_quantized_typed(const Plan& pl, const CallScalars& sc, Divisor D) {
   constexpr int64_t kB = quant::kBlock;
-  const TypedRule<Cfg, P, A, float> rule{sc.lr, sc.mu, sc.divisor};
+  const TypedRule<Cfg, P, A, float, Divisor> rule{sc.lr, sc.mu, D};
   constexpr bool reads_reduced = Cfg::has_reduced() && !Cfg::discard();
   const int64_t nb = quant::num_blocks(pl.total);
   auto body = [&](int64_t b0, int64_t b1) {
@@ -259,6 +278,11 @@ void run_quantized_typed(const Plan& pl, const CallScalars& sc) {
   constexpr int64_t kBlocksPerItem = kChunk / kB;
   if (pl.total <= kChunk) body(0, nb);
   else at::parallel_for(0, nb, kBlocksPerItem, body);
+}
+
+template <class Cfg, typename P, typename A, typename C>
+void run_quantized_typed(const Plan& pl, const CallScalars& sc) {
+  with_divisor<Cfg>(sc.divisor, [&](auto D) { run_quantized_typed<Cfg, P, A, C>(pl, sc, D); });
 }
 
 void run_quantized(const Plan& pl, const CallScalars& sc) {

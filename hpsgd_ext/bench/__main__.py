@@ -2,6 +2,7 @@
 and a readable table into a results folder.
 
     hpsgd-bench kernels [--device cpu|cuda] [--scale 1.0] [--cases gpt2,llama] [--out bench/results]
+                        [--dtypes [momentum]]   (every dtype combination instead of the models)
     hpsgd-bench comm    [--device cpu|cuda] [--ranks 2] [--max-bytes 1G] [--out bench/results]
     hpsgd-bench hook    [--device cpu|cuda] [--steps 1] [--repeats 1000]   (per-step overhead)
     hpsgd-bench overlap [--ratios 0.5,2,8,32] [--seconds 4] [--repeats 1] [--out bench/results]
@@ -39,9 +40,10 @@ def _emit(out_dir: str, tag: str, payload: dict, text: str, plot=None) -> int:
 def _kernels(args) -> int:
     from . import kernels
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sweep = kernels.sweep_configs(momentum=args.dtypes == "momentum") if args.dtypes else None
     res = kernels.run(device, scale=args.scale, calls=args.calls, reps=args.reps,
-                      names=args.cases.split(",") if args.cases else None)
-    return _emit(args.out, f"kernels-{device}", res,
+                      names=args.cases.split(",") if args.cases else None, cases=sweep)
+    return _emit(args.out, f"kernels-{device}" + ("-dtypes" if sweep else ""), res,
                  kernels.table(res["rows"], res["host"], res["resources"]),
                  lambda path: kernels.plot(res["rows"], path))
 
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--calls", type=int, default=None, help="back-to-back calls per timing")
     k.add_argument("--reps", type=int, default=5)
     k.add_argument("--cases", default=None, help="comma-separated substrings of the case names to run")
+    k.add_argument("--dtypes", nargs="?", const="plain", choices=["plain", "momentum"], default=None,
+                   help="instead of the real models: every dtype combination on GPT-2 "
+                        "(--dtypes momentum: with and without outer momentum); writes kernels-DEVICE-dtypes")
     k.add_argument("--out", default="bench/results")
     k.set_defaults(fn=_kernels)
     c = sub.add_parser("comm", help="all-reduce algbw/busbw vs torch.distributed, issue cost, overlap")

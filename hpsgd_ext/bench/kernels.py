@@ -107,6 +107,24 @@ def configs() -> list[Config]:
     ]
 
 
+_SHORT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.int8: "int8",
+          torch.float8_e4m3fn: "fp8"}
+
+
+def sweep_configs(momentum: bool = False) -> list[Config]:
+    """Every dtype combination round_step accepts, on GPT-2 with the keep rule: params
+    float32, bfloat16 or float16; anchors float32 or the params' dtype; every wire
+    (float32, bfloat16, float16, int8, float8_e4m3fn). 25 cases (or 25 more with outer
+    momentum)."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    pairs = [(f32, f32), (bf16, f32), (bf16, bf16), (f16, f32), (f16, f16)]
+    wires = [f32, bf16, f16, torch.int8, torch.float8_e4m3fn]
+    mus = [0.0, 0.9] if momentum else [0.0]
+    return [Config(f"dtypes p={_SHORT[p]} a={_SHORT[a]} w={_SHORT[w]}" + (", mom" if mu else ""),
+                   "gpt2", p, a, w, momentum=mu)
+            for mu in mus for p, a in pairs for w in wires]
+
+
 def is_8bit(dtype: torch.dtype) -> bool:
     return dtype in (torch.int8, torch.float8_e4m3fn)
 
@@ -353,14 +371,13 @@ def host_cost(device: str, tensors: int = 200, calls: int = 200) -> dict:
 # --------------------------------------------------------------------------- resources
 def kernel_name(c: Case) -> str:
     """The name preload_kernels() reports for the kernel this case launches."""
-    short = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
     if is_8bit(c.cfg.flat):  # as quantized_kernels() names them (quantized_step_cuda.cu)
         shape = (2 if c.reduced is not None else 0) + (c.sent is not None) + (2 if c.momenta else 0)
         code = "Char" if c.cfg.flat == torch.int8 else "Float8_e4m3fn"
         name = {torch.float32: "Float", torch.bfloat16: "BFloat16", torch.float16: "Half"}
         return f"quantized_step[{shape}] p={name[c.cfg.param]} a={name[c.cfg.anchor]} c={code}"
     flags = "ar" + ("s" if c.sent is not None else "-") + ("m" if c.momenta is not None else "-") + "op"
-    return f"boundary[{flags}] p={short[c.cfg.param]} a={short[c.cfg.anchor]} f={short[c.cfg.flat]}"
+    return f"boundary[{flags}] p={_SHORT[c.cfg.param]} a={_SHORT[c.cfg.anchor]} f={_SHORT[c.cfg.flat]}"
 
 
 def cuobjdump_resources(path: Optional[str] = None) -> Optional[list[dict]]:
@@ -422,15 +439,17 @@ def resources_summary(device: str) -> dict:
 
 # --------------------------------------------------------------------------- run
 def run(device: str = "cpu", scale: Optional[float] = None, calls: Optional[int] = None,
-        reps: int = 5, names: Optional[list[str]] = None) -> dict:
-    """Every config (or those whose name contains one of ``names``) on ``device``.
-    Default sizes: full models on CUDA, a tenth-scale on CPU."""
+        reps: int = 5, names: Optional[list[str]] = None,
+        cases: Optional[list[Config]] = None) -> dict:
+    """Every config of ``cases`` (default: the real-model configs) whose name contains
+    one of ``names`` (default: all) on ``device``. Default sizes: full models on CUDA,
+    a tenth-scale on CPU."""
     scale = scale if scale is not None else (1.0 if device == "cuda" else 0.1)
     calls = calls or (20 if device == "cuda" else 3)
     res = resources_summary(device)
     by_name = {k["name"]: k for k in res.get("kernels", [])}
     rows = []
-    for cfg in configs():
+    for cfg in configs() if cases is None else cases:
         if names and not any(n in cfg.name for n in names):
             continue
         c = make_case(cfg, device, scale)
@@ -476,6 +495,11 @@ def table(rows: list[dict], host: Optional[dict] = None, resources: Optional[dic
             f"{r['fused_GBps']:7.1f} {r['copy_GBps']:9.1f} {100 * r['fraction_of_copy']:5.0f}% "
             f"{r['speedup_vs_eager']:7.2f} {r['eager_ceiling']:5.2f} "
             f"{100 * r['speedup_vs_eager'] / r['eager_ceiling']:5.0f}% {host_us} {regs}")
+    if len(rows) > 1:
+        worst_copy = min(rows, key=lambda r: r["fraction_of_copy"])
+        worst_eager = min(rows, key=lambda r: r["speedup_vs_eager"])
+        lines.append(f"lowest: {100 * worst_copy['fraction_of_copy']:.0f}% of copy ({worst_copy['case']}), "
+                     f"{worst_eager['speedup_vs_eager']:.2f}x eager ({worst_eager['case']})")
     if host:
         lines.append(f"host cost of one round_step over {host['tensors']} tensors, called from C++: "
                      f"{host['cached_us']:.1f} us with the plan cache, {host['uncached_us']:.1f} us without; "
