@@ -138,6 +138,50 @@ def test_divisor_is_an_exact_division_on_cpu(f_dt, divisor):
     assert bitwise_equal(pk, a + d)
 
 
+@pytest.mark.parametrize("divisor", [1, 3])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_all_bfloat16_step_rounds_once_on_cpu(divisor, momentum):
+    """Every stream bfloat16 (the CPU kernel's two-elements-per-word loop): each stored
+    value is the float32 rule rounded once to bfloat16, nearest even, NaN as 0x7FC0,
+    bit for bit; odd tensors put every later segment at an odd flat offset."""
+    g = torch.Generator().manual_seed(7)
+    bf16 = torch.bfloat16
+    sizes = [3, 4096, 1, 517]
+    n = sum(sizes)
+    ps = [torch.randn(k, generator=g).to(bf16) for k in sizes]
+    an = [torch.randn(k, generator=g).to(bf16) for k in sizes]
+    ms = [(torch.randn(k, generator=g) * 0.1).to(bf16) for k in sizes] if momentum else None
+    ps[1][5], an[3][0] = float("nan"), float("-inf")
+    red = (torch.randn(n, generator=g) * 0.1).to(bf16)
+    sent = (torch.randn(n, generator=g) * 0.01).to(bf16)
+    lr = 0.7
+    # The rule in float32 (csrc/rule.h), then one rounding per stored value.
+    P, A, R, S = torch.cat(ps).float(), torch.cat(an).float(), red.float(), sent.float()
+    d = P - A - divisor * S
+    w = d / divisor
+    if momentum:
+        M = momentum * torch.cat(ms).float() + R
+        a_new = A + lr * M
+    else:
+        a_new = A + lr * R
+    want = {"out": w, "sent": w, "anchors": a_new, "params": a_new + d}
+    if momentum:
+        want["momenta"] = M
+    kp, ka = clone_all(ps), clone_all(an)
+    km = clone_all(ms) if momentum else None
+    out, ks = torch.empty(n, dtype=bf16), sent.clone()
+    ops.round_step(kp, ka, red, out, lr=lr, momentum_buffers=km, momentum=momentum, sent=ks,
+                   divisor=divisor)
+    got = {"out": out, "sent": ks, "anchors": torch.cat(ka), "params": torch.cat(kp)}
+    if momentum:
+        got["momenta"] = torch.cat(km)
+    for name, value in want.items():
+        # c10::BFloat16's NaN (torch's vectorised conversion gives 0xFFFF instead).
+        bits = value.to(bf16).view(torch.int16).masked_fill(value.isnan(), 0x7FC0)
+        assert bitwise_equal(got[name], bits.view(bf16)), name
+    assert want["out"].isnan().any() and want["anchors"].isinf().any()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sizes", [
     [], [0], [1], [0, 1, 0], [17], [1000, 1, 3],
