@@ -124,7 +124,7 @@ template <class Cfg, typename P, typename A, typename F, class Divisor = float>
 struct TypedRule {
   float lr, mu;
   Divisor D;
-  static constexpr int64_t kBlock = 512;  // elements per scratch block (float16 streams)
+  static constexpr int64_t kBlock = 256;  // elements per scratch block (float16 streams)
 
   template <typename LP, typename LA, typename LF>
   void loop(LP* p, LA* a, LA* m, const LF* r, LF* s, LF* o, int64_t n) const {
@@ -229,7 +229,13 @@ struct TypedRule {
     } else if constexpr (!any_half) {
       loop(p, a, m, r, s, o, len);
     } else {
-      alignas(64) float sp[kBlock], sa[kBlock], sm[kBlock], sr[kBlock], ss[kBlock], so[kBlock];
+      // One buffer, each block a cache line further from the 4 KiB stride than the
+      // last: blocks at multiples of 4 KiB apart make the core see false
+      // dependences between a store to one and a load from another.
+      constexpr int64_t kStride = kBlock + 16;
+      alignas(64) float scratch[6 * kStride];
+      float *sp = scratch, *sa = sp + kStride, *sm = sa + kStride, *sr = sm + kStride,
+            *ss = sr + kStride, *so = ss + kStride;
       constexpr bool wa = Cfg::write_anchors();
       for (int64_t b = 0; b < len; b += kBlock) {
         const int64_t n = std::min(kBlock, len - b);
