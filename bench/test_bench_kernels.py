@@ -45,7 +45,7 @@ def test_kernels_run_reports_every_column():
     assert "gpt2+odd" in text and "plan cache" in text
 
 
-def test_dtype_sweep_covers_every_combination():
+def test_dtype_sweep_covers_every_combination(tmp_path):
     """`hpsgd-bench kernels --dtypes`: every param/anchor pair round_step accepts times
     every wire, once each; two of them run through the benchmark and its table."""
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
@@ -60,3 +60,5 @@ def test_dtype_sweep_covers_every_combination():
                       names=["p=f16 a=f16 w=int8", "p=bf16 a=bf16 w=f16"])
     assert [r["case"] for r in res["rows"]] == ["dtypes p=bf16 a=bf16 w=f16", "dtypes p=f16 a=f16 w=int8"]
     assert "lowest:" in kernels.table(res["rows"])
+    kernels.plot_dtypes(res["rows"], str(tmp_path / "dtypes.png"))
+    assert (tmp_path / "dtypes.png").stat().st_size > 0

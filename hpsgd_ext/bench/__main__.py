@@ -45,7 +45,7 @@ def _kernels(args) -> int:
                       names=args.cases.split(",") if args.cases else None, cases=sweep)
     return _emit(args.out, f"kernels-{device}" + ("-dtypes" if sweep else ""), res,
                  kernels.table(res["rows"], res["host"], res["resources"]),
-                 lambda path: kernels.plot(res["rows"], path))
+                 lambda path: (kernels.plot_dtypes if sweep else kernels.plot)(res["rows"], path))
 
 
 def _comm(args) -> int:

@@ -531,3 +531,25 @@ def plot(rows: list[dict], path: str) -> None:
                  {"fused": [r["fused_GBps"] for r in rows],
                   "plain copy of the same bytes": [r["copy_GBps"] for r in rows]},
                  "GB/s of the minimum traffic")
+
+
+def plot_dtypes(rows: list[dict], path: str) -> None:
+    """The dtype sweep as two grids, params/anchors (and momentum) by wire: share of the
+    copy ceiling and speedup over eager, the issue's targets (50%, 2x) outlined."""
+    from .plots import heat_grids
+
+    short = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "int8", "float8_e4m3fn": "fp8"}
+    key = lambda r: (f"p={short[r['param_dtype']]} a={short[r['anchor_dtype']]}"  # noqa: E731
+                     + (", mom" if r["momentum"] else ""))
+    row_names = list(dict.fromkeys(key(r) for r in rows))
+    col_names = list(dict.fromkeys(short[r["flat_dtype"]] for r in rows))
+    cell = {(key(r), short[r["flat_dtype"]]): r for r in rows}
+
+    def grid(f):
+        return [[f(cell[(a, w)]) if (a, w) in cell else None for w in col_names] for a in row_names]
+
+    heat_grids(path, f"round_step, every dtype combination ({rows[0]['device']}, {rows[0]['layout']})",
+               row_names, [f"{w} wire" for w in col_names],
+               {"% of copy": grid(lambda r: 100 * r["fraction_of_copy"]),
+                "x eager": grid(lambda r: r["speedup_vs_eager"])},
+               fmt="%.3g", thresholds={"% of copy": 50, "x eager": 2})
