@@ -220,6 +220,80 @@ struct TypedRule {
       if (mem && written) store_from_float<c10::Half>(scratch, reinterpret_cast<char*>(mem), n);
   }
 
+  // A float16 stream anywhere: 8 elements at a time, each stream converted into
+  // 8 floats (F16C for float16) that stay in registers, the rule on them, and
+  // converted back. (Through scratch blocks in L1, each float16 stream cost two
+  // more passes over L1; the compiler does not vectorise F16C conversions
+  // written per element.)
+  template <typename T>
+  static void load8(const T* x, float (&v)[8]) {
+#ifdef __F16C__
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      _mm256_storeu_ps(v, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))));
+      return;
+    }
+#endif
+    if constexpr (!std::is_same_v<T, c10::Half>)
+      for (int j = 0; j < 8; ++j) v[j] = to_f(x[j]);
+  }
+  template <typename T>
+  static void store8(T* x, const float (&v)[8]) {
+#ifdef __F16C__
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(x),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(v), _MM_FROUND_TO_NEAREST_INT));
+      return;
+    }
+#endif
+    if constexpr (!std::is_same_v<T, c10::Half>)
+      for (int j = 0; j < 8; ++j) from_f(v[j], x[j]);
+  }
+
+  // Returns how many leading elements it did (a multiple of 8).
+  int64_t loop_by8(P* p, A* a, A* m, const F* r, F* s, F* o, int64_t n) const {
+    constexpr Cfg cfg{};
+    constexpr bool reads_r = Cfg::has_reduced() && !Cfg::discard();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      alignas(32) float vp[8], va[8] = {}, vm[8] = {}, vr[8] = {}, vs[8] = {}, vo[8];
+      load8(p + i, vp);
+      if constexpr (Cfg::has_anchor()) load8(a + i, va);
+      if constexpr (Cfg::has_momentum()) load8(m + i, vm);
+      if constexpr (reads_r) load8(r + i, vr);
+      if constexpr (Cfg::has_sent()) load8(s + i, vs);
+      for (int j = 0; j < 8; ++j) apply_rule(cfg, lr, mu, D, vp[j], va[j], vm[j], vr[j], vs[j], vo[j]);
+      if constexpr (Cfg::has_out()) store8(o + i, vo);
+      if constexpr (Cfg::has_sent()) store8(s + i, vs);
+      if constexpr (Cfg::write_anchors()) store8(a + i, va);
+      if constexpr (Cfg::write_anchors() && Cfg::has_momentum()) store8(m + i, vm);
+      if constexpr (Cfg::write_params()) store8(p + i, vp);
+    }
+    return i;
+  }
+
+  void loop_scratch(P* p, A* a, A* m, const F* r, F* s, F* o, int64_t len) const {
+    // One buffer, each block a cache line further from the 4 KiB stride than the
+    // last: blocks at multiples of 4 KiB apart make the core see false
+    // dependences between a store to one and a load from another.
+    constexpr int64_t kStride = kBlock + 16;
+    alignas(64) float scratch[6 * kStride];
+    float *sp = scratch, *sa = sp + kStride, *sm = sa + kStride, *sr = sm + kStride,
+          *ss = sr + kStride, *so = ss + kStride;
+    constexpr bool wa = Cfg::write_anchors();
+    for (int64_t b = 0; b < len; b += kBlock) {
+      const int64_t n = std::min(kBlock, len - b);
+      auto at = [b](auto* x) { return x ? x + b : x; };
+      loop(view(p + b, sp, n, true), view(at(a), sa, n, true), view(at(m), sm, n, true),
+           static_cast<const LoopT<F>*>(view(const_cast<F*>(at(r)), sr, n, true)),
+           view(at(s), ss, n, true), view(at(o), so, n, false), n);
+      finish(at(o), so, n, true);
+      finish(at(s), ss, n, true);
+      finish(at(a), sa, n, wa);
+      finish(at(m), sm, n, wa);
+      finish(p + b, sp, n, Cfg::write_params());
+    }
+  }
+
   void run(P* p, A* a, A* m, const F* r, F* s, F* o, int64_t len) const {
     constexpr bool any_half = std::is_same_v<P, c10::Half> || std::is_same_v<A, c10::Half> ||
                               std::is_same_v<F, c10::Half>;
@@ -229,26 +303,14 @@ struct TypedRule {
     } else if constexpr (!any_half) {
       loop(p, a, m, r, s, o, len);
     } else {
-      // One buffer, each block a cache line further from the 4 KiB stride than the
-      // last: blocks at multiples of 4 KiB apart make the core see false
-      // dependences between a store to one and a load from another.
-      constexpr int64_t kStride = kBlock + 16;
-      alignas(64) float scratch[6 * kStride];
-      float *sp = scratch, *sa = sp + kStride, *sm = sa + kStride, *sr = sm + kStride,
-            *ss = sr + kStride, *so = ss + kStride;
-      constexpr bool wa = Cfg::write_anchors();
-      for (int64_t b = 0; b < len; b += kBlock) {
-        const int64_t n = std::min(kBlock, len - b);
-        auto at = [b](auto* x) { return x ? x + b : x; };
-        loop(view(p + b, sp, n, true), view(at(a), sa, n, true), view(at(m), sm, n, true),
-             static_cast<const LoopT<F>*>(view(const_cast<F*>(at(r)), sr, n, true)),
-             view(at(s), ss, n, true), view(at(o), so, n, false), n);
-        finish(at(o), so, n, true);
-        finish(at(s), ss, n, true);
-        finish(at(a), sa, n, wa);
-        finish(at(m), sm, n, wa);
-        finish(p + b, sp, n, Cfg::write_params());
-      }
+#ifdef __F16C__
+      const int64_t i = loop_by8(p, a, m, r, s, o, len);
+#else
+      const int64_t i = 0;
+#endif
+      if (i == len) return;
+      auto at = [i](auto* x) { return x ? x + i : x; };
+      loop_scratch(p + i, at(a), at(m), at(r), at(s), at(o), len - i);
     }
   }
 };
