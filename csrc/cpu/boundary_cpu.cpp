@@ -4,8 +4,8 @@
 // buffers, per kernel variant: see [kernel variants] in boundary_ops.h) that
 // reads each stream in its own type, applies the shared rule in float32 and
 // stores in the stream's type: the compiler vectorises the loop, float32 and
-// bfloat16 conversions included. One pass over memory; float16 streams only
-// go through an L1 scratch block.
+// bfloat16 conversions included. One pass over memory; where a float16 stream
+// is present, eight elements at a time in registers (F16C).
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -28,44 +28,9 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 16;  // the fewest elements a thread is given
 
-template <typename T>
-void load_as_float(const char* src, float* dst, int64_t n);
-template <typename T>
-void store_from_float(const float* src, char* dst, int64_t n);
-
-template <>
-void load_as_float<float>(const char* src, float* dst, int64_t n) {
-  std::memcpy(dst, src, n * sizeof(float));
-}
-template <>
-void store_from_float<float>(const float* src, char* dst, int64_t n) {
-  std::memcpy(dst, src, n * sizeof(float));
-}
-
-// bfloat16 as bit operations the compiler vectorises (c10::BFloat16's scalar
-// conversion does not): widen by a shift; narrow with round-to-nearest-even,
-// NaN kept quiet. Bit-identical to c10::BFloat16.
-template <>
-void load_as_float<c10::BFloat16>(const char* src, float* dst, int64_t n) {
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
-  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
-}
-template <>
-void store_from_float<c10::BFloat16>(const float* src, char* dst, int64_t n) {
-  const uint32_t* s = reinterpret_cast<const uint32_t*>(src);
-  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = s[i];
-    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    d[i] = static_cast<uint16_t>(nan ? 0x7fc0u : rounded);
-  }
-}
-
-template <>
-void load_as_float<c10::Half>(const char* src, float* dst, int64_t n) {
-  const c10::Half* s = reinterpret_cast<const c10::Half*>(src);
+// float16 scratch blocks (a tensor's last 0-7 elements, or every float16
+// element without F16C): converted 8 at a time where F16C is available.
+void load_half(const c10::Half* s, float* dst, int64_t n) {
   int64_t i = 0;
 #ifdef __F16C__
   for (; i + 8 <= n; i += 8)
@@ -73,9 +38,7 @@ void load_as_float<c10::Half>(const char* src, float* dst, int64_t n) {
 #endif
   for (; i < n; ++i) dst[i] = static_cast<float>(s[i]);
 }
-template <>
-void store_from_float<c10::Half>(const float* src, char* dst, int64_t n) {
-  c10::Half* d = reinterpret_cast<c10::Half*>(dst);
+void store_half(const float* src, c10::Half* d, int64_t n) {
   int64_t i = 0;
 #ifdef __F16C__
   for (; i + 8 <= n; i += 8)
@@ -85,10 +48,29 @@ void store_from_float<c10::Half>(const float* src, char* dst, int64_t n) {
   for (; i < n; ++i) d[i] = static_cast<c10::Half>(src[i]);
 }
 
-// In the typed loop a float32 or bfloat16 stream is read and written where it
+// bfloat16 as bit operations the compiler vectorises (c10::BFloat16's scalar
+// conversion does not): widen by a shift; narrow with round-to-nearest-even,
+// NaN as c10's quiet 0x7FC0. Bit-identical to c10::BFloat16. The rounded
+// value's bfloat16 is its high half; the NaN test and the select are masks, so
+// that a loop of it vectorises.
+inline uint32_t bf16_rounded(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const uint32_t nan = 0u - static_cast<uint32_t>(v != v);
+  return ((u + 0x7fffu + ((u >> 16) & 1u)) & ~nan) | (0x7fc00000u & nan);
+}
+
+// x + i, or null for an absent stream.
+template <typename T>
+T* shifted(T* x, int64_t i) {
+  return x ? x + i : x;
+}
+
+// In the element loop a float32 or bfloat16 stream is read and written where it
 // lives, converting per element with operations the compiler vectorises; a
 // float16 stream (whose F16C conversions it does not vectorise inside a loop)
-// goes through a float32 scratch block in L1, converted 8 at a time.
+// there goes through a float32 scratch block in L1 (see TypedRule::run for the
+// loops a call actually takes).
 template <typename T>
 using LoopT = std::conditional_t<std::is_same_v<T, c10::Half>, float, T>;
 
@@ -100,13 +82,7 @@ inline float to_f(c10::BFloat16 x) {
   return f;
 }
 inline void from_f(float v, float& dst) { dst = v; }
-inline void from_f(float v, c10::BFloat16& dst) {  // as store_from_float<BFloat16>
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  const bool nan = v != v;  // one compare; the bit test is three in the vector loop
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  dst.x = static_cast<uint16_t>(nan ? 0x7fc0u : rounded);
-}
+inline void from_f(float v, c10::BFloat16& dst) { dst.x = static_cast<uint16_t>(bf16_rounded(v) >> 16); }
 
 // The momentum mode fixed at compile time too (the loop stays branch-free).
 template <class C, bool Nesterov>
@@ -151,20 +127,14 @@ struct TypedRule {
   // and a mask and two rounded floats narrow back into one word by a shift, a
   // mask and an or. The element loop widens 16 lanes to 32 with a zero-extend
   // and a shift and narrows with a pack and a lane permute per vector: a third
-  // more instructions, and this loop is bound by them (GPT-2's all-bfloat16
-  // step 1.45 -> see docs/kernel-notes.md). Same roundings, same bits.
+  // more instructions, and this loop is bound by them (1.45 -> 1.08 ms at a
+  // tenth of GPT-2: docs/kernel-notes.md). Same roundings, same bits.
   static float low_f(uint32_t w) { return bits_f(w << 16); }
   static float high_f(uint32_t w) { return bits_f(w & 0xFFFF0000u); }
   static float bits_f(uint32_t u) {
     float f;
     std::memcpy(&f, &u, sizeof(f));
     return f;
-  }
-  static uint32_t rounded(float v) {  // from_f's rounding, the result in the high half
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof(u));
-    const uint32_t nan = 0u - static_cast<uint32_t>(v != v);
-    return ((u + 0x7fffu + ((u >> 16) & 1u)) & ~nan) | (0x7fc00000u & nan);
   }
   template <typename T>
   static uint32_t word(const T* x, int64_t k) {
@@ -174,7 +144,7 @@ struct TypedRule {
   }
   template <typename T>
   static void put(T* x, int64_t k, const float (&v)[2]) {
-    const uint32_t w = (rounded(v[0]) >> 16) | (rounded(v[1]) & 0xFFFF0000u);
+    const uint32_t w = (bf16_rounded(v[0]) >> 16) | (bf16_rounded(v[1]) & 0xFFFF0000u);
     std::memcpy(x + 2 * k, &w, sizeof(w));
   }
 
@@ -199,8 +169,7 @@ struct TypedRule {
     }
     if (n % 2) {
       const int64_t i = n - 1;
-      auto at = [i](auto* x) { return x ? x + i : x; };
-      loop(p + i, at(a), at(m), at(r), at(s), at(o), 1);
+      loop(p + i, shifted(a, i), shifted(m, i), shifted(r, i), shifted(s, i), shifted(o, i), 1);
     }
   }
 
@@ -208,7 +177,7 @@ struct TypedRule {
   template <typename T>
   static LoopT<T>* view(T* mem, float* scratch, int64_t n, bool read) {
     if constexpr (std::is_same_v<T, c10::Half>) {
-      if (mem && read) load_as_float<c10::Half>(reinterpret_cast<const char*>(mem), scratch, n);
+      if (mem && read) load_half(mem, scratch, n);
       return mem ? scratch : nullptr;
     } else {
       return mem;
@@ -217,16 +186,15 @@ struct TypedRule {
   template <typename T>
   static void finish(T* mem, const float* scratch, int64_t n, bool written) {
     if constexpr (std::is_same_v<T, c10::Half>)
-      if (mem && written) store_from_float<c10::Half>(scratch, reinterpret_cast<char*>(mem), n);
+      if (mem && written) store_half(scratch, mem, n);
   }
 
   // A float16 stream anywhere: 8 elements at a time, each stream converted into
-  // 8 floats (F16C for float16) that stay in registers, the rule on them, and
-  // converted back. (Through scratch blocks in L1, each float16 stream cost two
-  // more passes over L1; the compiler does not vectorise F16C conversions
-  // written per element.)
-  // (bfloat16 here in AVX2 as well: written per element, its conversions stay
-  // scalar in this loop, and a float16 wire with bfloat16 params ran at 40% of copy.)
+  // 8 floats (F16C for float16, AVX2 for bfloat16) that stay in registers, the
+  // rule on them, and converted back. (Through scratch blocks in L1, each
+  // float16 stream cost two more passes over L1; the compiler does not
+  // vectorise F16C conversions written per element, nor, in this loop,
+  // bfloat16's: a float16 wire with bfloat16 params ran at 40% of copy.)
   template <typename T>
   static void load8(const T* x, float (&v)[8]) {
 #ifdef __F16C__
@@ -255,7 +223,7 @@ struct TypedRule {
     }
 #endif
 #ifdef __AVX2__
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {  // from_f's rounding and NaN
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {  // bf16_rounded, 8 at a time
       const __m256 f = _mm256_loadu_ps(v);
       const __m256i u = _mm256_castps_si256(f);
       const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
@@ -305,7 +273,7 @@ struct TypedRule {
     constexpr bool wa = Cfg::write_anchors();
     for (int64_t b = 0; b < len; b += kBlock) {
       const int64_t n = std::min(kBlock, len - b);
-      auto at = [b](auto* x) { return x ? x + b : x; };
+      auto at = [b](auto* x) { return shifted(x, b); };
       loop(view(p + b, sp, n, true), view(at(a), sa, n, true), view(at(m), sm, n, true),
            static_cast<const LoopT<F>*>(view(const_cast<F*>(at(r)), sr, n, true)),
            view(at(s), ss, n, true), view(at(o), so, n, false), n);
@@ -332,8 +300,7 @@ struct TypedRule {
       const int64_t i = 0;
 #endif
       if (i == len) return;
-      auto at = [i](auto* x) { return x ? x + i : x; };
-      loop_scratch(p + i, at(a), at(m), at(r), at(s), at(o), len - i);
+      loop_scratch(p + i, shifted(a, i), shifted(m, i), shifted(r, i), shifted(s, i), shifted(o, i), len - i);
     }
   }
 };
