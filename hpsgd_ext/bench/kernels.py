@@ -538,7 +538,7 @@ def plot_dtypes(rows: list[dict], path: str) -> None:
     copy ceiling and speedup over eager, the issue's targets (50%, 2x) outlined."""
     from .plots import heat_grids
 
-    short = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "int8", "float8_e4m3fn": "fp8"}
+    short = {str(d).split(".")[-1]: name for d, name in _SHORT.items()}  # rows store dtype names
     key = lambda r: (f"p={short[r['param_dtype']]} a={short[r['anchor_dtype']]}"  # noqa: E731
                      + (", mom" if r["momentum"] else ""))
     row_names = list(dict.fromkeys(key(r) for r in rows))
